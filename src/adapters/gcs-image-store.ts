@@ -1,0 +1,93 @@
+import type {Bucket} from '@google-cloud/storage';
+import type {Readable} from 'node:stream';
+import type {ImageStore, StoredObjectInfo} from '../ports';
+
+/** Objects are immutable once written (ids are never reused), so caches may keep them for good. */
+const IMMUTABLE_CACHE_CONTROL = 'public, max-age=31536000, immutable';
+
+function statusOf(error: unknown): number | undefined {
+  const code = (error as {code?: unknown} | undefined)?.code;
+  return typeof code === 'number' ? code : undefined;
+}
+
+/** Image bytes in a Cloud Storage bucket. */
+export class GcsImageStore implements ImageStore {
+  readonly kind = 'gcs';
+
+  constructor(private readonly bucket: Bucket) {}
+
+  get bucketName(): string {
+    return this.bucket.name;
+  }
+
+  async put(
+    objectPath: string,
+    data: Buffer,
+    info: {contentType: string; metadata: Record<string, string>},
+  ): Promise<void> {
+    // ifGenerationMatch: 0 makes the write create-only, which also lets the
+    // client retry it safely: a retry can never overwrite another object.
+    await this.bucket.file(objectPath).save(data, {
+      resumable: false,
+      contentType: info.contentType,
+      metadata: {
+        contentType: info.contentType,
+        cacheControl: IMMUTABLE_CACHE_CONTROL,
+        metadata: info.metadata,
+      },
+      preconditionOpts: {ifGenerationMatch: 0},
+    });
+  }
+
+  async stat(objectPath: string): Promise<StoredObjectInfo | null> {
+    try {
+      const [meta] = await this.bucket.file(objectPath).getMetadata();
+      const custom: Record<string, string> = {};
+      for (const [key, value] of Object.entries(meta.metadata ?? {})) {
+        if (value !== null && value !== undefined) custom[key] = String(value);
+      }
+      return {
+        size: Number(meta.size ?? 0),
+        contentType: meta.contentType ?? 'application/octet-stream',
+        metadata: custom,
+      };
+    } catch (error) {
+      if (statusOf(error) === 404) return null;
+      throw error;
+    }
+  }
+
+  async read(objectPath: string): Promise<Readable | null> {
+    const stream = this.bucket.file(objectPath).createReadStream();
+    // Wait for the response headers so a missing object is a null, not a broken stream.
+    return new Promise<Readable | null>((resolve, reject) => {
+      const onError = (error: unknown) => {
+        stream.destroy();
+        if (statusOf(error) === 404) resolve(null);
+        else reject(error);
+      };
+      stream.once('error', onError);
+      stream.once('response', (response: {statusCode?: number; status?: number}) => {
+        const status = response.statusCode ?? response.status ?? 200;
+        if (status >= 400) return; // the error event follows with the parsed body
+        stream.off('error', onError);
+        resolve(stream);
+      });
+    });
+  }
+
+  async delete(objectPath: string): Promise<boolean> {
+    try {
+      await this.bucket.file(objectPath).delete();
+      return true;
+    } catch (error) {
+      if (statusOf(error) === 404) return false;
+      throw error;
+    }
+  }
+
+  async list(prefix: string): Promise<string[]> {
+    const [files] = await this.bucket.getFiles({prefix, autoPaginate: true});
+    return files.map(file => file.name).sort();
+  }
+}

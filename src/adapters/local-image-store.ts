@@ -1,0 +1,101 @@
+import {promises as fs} from 'node:fs';
+import * as path from 'node:path';
+import type {Readable} from 'node:stream';
+import type {ImageStore, StoredObjectInfo} from '../ports';
+import {createExclusive, isAlreadyExists, isNotFound, readJson, removeFile, resolveInside} from './local-fs';
+
+interface Sidecar {
+  contentType: string;
+  metadata: Record<string, string>;
+}
+
+/**
+ * Image bytes on the local disk: `<dataDir>/objects/<path>` with the content
+ * type and metadata in `<dataDir>/object-meta/<path>.json`.
+ */
+export class LocalImageStore implements ImageStore {
+  readonly kind = 'local';
+  private readonly objectsRoot: string;
+  private readonly metaRoot: string;
+
+  constructor(dataDir: string) {
+    this.objectsRoot = path.resolve(dataDir, 'objects');
+    this.metaRoot = path.resolve(dataDir, 'object-meta');
+  }
+
+  async put(
+    objectPath: string,
+    data: Buffer,
+    info: {contentType: string; metadata: Record<string, string>},
+  ): Promise<void> {
+    const file = resolveInside(this.objectsRoot, objectPath);
+    const sidecar: Sidecar = {contentType: info.contentType, metadata: info.metadata};
+    try {
+      // The sidecar goes first: an object that exists always has its metadata.
+      await createExclusive(this.sidecarPath(objectPath), JSON.stringify(sidecar));
+      await createExclusive(file, data);
+    } catch (error) {
+      if (isAlreadyExists(error)) throw new Error(`Object already exists: ${objectPath}`, {cause: error});
+      await removeFile(this.sidecarPath(objectPath)).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  async stat(objectPath: string): Promise<StoredObjectInfo | null> {
+    try {
+      const stats = await fs.stat(resolveInside(this.objectsRoot, objectPath));
+      const sidecar = await readJson<Sidecar>(this.sidecarPath(objectPath));
+      return {
+        size: stats.size,
+        contentType: sidecar?.contentType ?? 'application/octet-stream',
+        metadata: sidecar?.metadata ?? {},
+      };
+    } catch (error) {
+      if (isNotFound(error)) return null;
+      throw error;
+    }
+  }
+
+  async read(objectPath: string): Promise<Readable | null> {
+    const file = resolveInside(this.objectsRoot, objectPath);
+    // Open first so a missing file is a null, not a stream error later.
+    const handle = await fs.open(file, 'r').catch(error => {
+      if (isNotFound(error)) return null;
+      throw error;
+    });
+    return handle ? handle.createReadStream() : null;
+  }
+
+  async delete(objectPath: string): Promise<boolean> {
+    const existed = await removeFile(resolveInside(this.objectsRoot, objectPath));
+    await removeFile(this.sidecarPath(objectPath));
+    return existed;
+  }
+
+  async list(prefix: string): Promise<string[]> {
+    const found: string[] = [];
+    const walk = async (dir: string): Promise<void> => {
+      let entries;
+      try {
+        entries = await fs.readdir(dir, {withFileTypes: true});
+      } catch (error) {
+        if (isNotFound(error)) return;
+        throw error;
+      }
+      for (const entry of entries) {
+        const full = path.join(dir, entry.name);
+        if (entry.isDirectory()) await walk(full);
+        else if (!entry.name.includes('.tmp-')) {
+          const relative = path.relative(this.objectsRoot, full).split(path.sep).join('/');
+          if (relative.startsWith(prefix)) found.push(relative);
+        }
+      }
+    };
+    await walk(this.objectsRoot);
+    return found.sort();
+  }
+
+  private sidecarPath(objectPath: string): string {
+    return resolveInside(this.metaRoot, `${objectPath}.json`);
+  }
+}

@@ -1,0 +1,124 @@
+import {promises as fs} from 'node:fs';
+import * as path from 'node:path';
+import type {ImageRecord, JobRecord} from '../domain/records';
+import type {JobPage, JobQuery, MetadataStore} from '../ports';
+import {
+  KeyedMutex,
+  createExclusive,
+  isAlreadyExists,
+  isNotFound,
+  readJson,
+  removeFile,
+  replaceAtomically,
+  resolveInside,
+} from './local-fs';
+import {compareNewestFirst, matchesQuery} from './job-order';
+
+interface ImageIndexEntry {
+  job_id: string;
+}
+
+/**
+ * Jobs and images on the local disk. The job file (`jobs/<id>.json`, images
+ * included) is the record; `images/<id>.json` only points from an image to its
+ * job, so one atomic rename commits a job with all its images.
+ */
+export class LocalMetadataStore implements MetadataStore {
+  readonly kind = 'local';
+  private readonly root: string;
+  private readonly jobLocks = new KeyedMutex();
+
+  constructor(dataDir: string) {
+    this.root = path.resolve(dataDir, 'records');
+  }
+
+  async saveJob(job: JobRecord): Promise<void> {
+    const written: string[] = [];
+    try {
+      for (const image of job.images) {
+        const file = this.imageIndexPath(image.id);
+        await createExclusive(file, JSON.stringify({job_id: job.id} satisfies ImageIndexEntry));
+        written.push(file);
+      }
+      await createExclusive(this.jobPath(job.id), JSON.stringify(job));
+    } catch (error) {
+      await Promise.allSettled(written.map(removeFile));
+      if (isAlreadyExists(error)) throw new Error(`Job ${job.id} or one of its images already exists`, {cause: error});
+      throw error;
+    }
+  }
+
+  getJob(id: string): Promise<JobRecord | null> {
+    return readJson<JobRecord>(this.jobPath(id));
+  }
+
+  async getImage(id: string): Promise<ImageRecord | null> {
+    const entry = await readJson<ImageIndexEntry>(this.imageIndexPath(id));
+    if (!entry) return null;
+    const job = await this.getJob(entry.job_id);
+    return job?.images.find(image => image.id === id) ?? null;
+  }
+
+  async listJobs(query: JobQuery): Promise<JobPage> {
+    const dir = path.join(this.root, 'jobs');
+    let names: string[];
+    try {
+      names = (await fs.readdir(dir)).filter(name => name.endsWith('.json'));
+    } catch (error) {
+      if (isNotFound(error)) return {jobs: [], next: null};
+      throw error;
+    }
+    const jobs = (await Promise.all(names.map(name => readJson<JobRecord>(path.join(dir, name)))))
+      .filter((job): job is JobRecord => job !== null && matchesQuery(job, query))
+      .sort(compareNewestFirst);
+    const page = jobs.slice(0, query.limit);
+    const last = page.at(-1);
+    return {
+      jobs: page,
+      next: jobs.length > query.limit && last ? {createdAt: last.created_at, id: last.id} : null,
+    };
+  }
+
+  async deleteImage(id: string, updatedAt: string): Promise<ImageRecord | null> {
+    const entry = await readJson<ImageIndexEntry>(this.imageIndexPath(id));
+    if (!entry) return null;
+    return this.jobLocks.run(entry.job_id, async () => {
+      const job = await this.getJob(entry.job_id);
+      const image = job?.images.find(candidate => candidate.id === id);
+      if (!job || !image) {
+        await removeFile(this.imageIndexPath(id));
+        return null;
+      }
+      const updated: JobRecord = {
+        ...job,
+        images: job.images.filter(candidate => candidate.id !== id),
+        updated_at: updatedAt,
+      };
+      await replaceAtomically(this.jobPath(job.id), JSON.stringify(updated));
+      await removeFile(this.imageIndexPath(id));
+      return image;
+    });
+  }
+
+  async deleteJob(id: string): Promise<JobRecord | null> {
+    return this.jobLocks.run(id, async () => {
+      const job = await this.getJob(id);
+      if (!job) return null;
+      await removeFile(this.jobPath(id));
+      await Promise.all(job.images.map(image => removeFile(this.imageIndexPath(image.id))));
+      return job;
+    });
+  }
+
+  async ping(): Promise<void> {
+    await fs.mkdir(this.root, {recursive: true});
+  }
+
+  private jobPath(id: string): string {
+    return resolveInside(this.root, `jobs/${id}.json`);
+  }
+
+  private imageIndexPath(id: string): string {
+    return resolveInside(this.root, `images/${id}.json`);
+  }
+}

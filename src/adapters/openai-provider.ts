@@ -1,0 +1,178 @@
+import {AppError} from '../errors';
+import {MODELS} from '../domain/models';
+import type {Usage} from '../domain/records';
+import type {ImageProvider, ProviderRequest, ProviderResult} from '../ports';
+
+export interface OpenAIProviderOptions {
+  apiKey: string | undefined;
+  organization: string | undefined;
+  project: string | undefined;
+  baseURL: string | undefined;
+  /** Total time one upstream call may take, retries included. */
+  timeoutMs: number;
+  maxRetries: number;
+}
+
+/** Loaded on first use: the SDK is not needed to serve health checks or stored images. */
+const loadSdk = () => require('openai') as typeof import('openai');
+type Sdk = ReturnType<typeof loadSdk>;
+type OpenAIClient = InstanceType<Sdk['default']>;
+type GenerateParams = Parameters<OpenAIClient['images']['generate']>[0] & {stream?: false | null};
+
+/** The part of the non-streaming response we read. */
+interface UpstreamImagesResponse {
+  data?: {b64_json?: string; revised_prompt?: string}[];
+  usage?: unknown;
+}
+
+const SAFETY_CODES = new Set(['content_policy_violation', 'moderation_blocked']);
+
+/**
+ * Image provider on the official SDK. The SDK retries 429, 5xx and connection
+ * errors with backoff and honours Retry-After; we bound the whole call with one
+ * deadline and translate its errors into our codes.
+ */
+export class OpenAIImageProvider implements ImageProvider {
+  private client: OpenAIClient | undefined;
+
+  constructor(private readonly options: OpenAIProviderOptions) {}
+
+  get configured(): boolean {
+    return this.options.apiKey !== undefined;
+  }
+
+  /** Built on first use and reused, so its keep-alive connections serve every request. */
+  private getClient(): OpenAIClient {
+    const {default: Client} = loadSdk();
+    this.client ??= new Client({
+      apiKey: this.options.apiKey,
+      organization: this.options.organization ?? null,
+      project: this.options.project ?? null,
+      baseURL: this.options.baseURL ?? null,
+      timeout: this.options.timeoutMs,
+      maxRetries: this.options.maxRetries,
+    });
+    return this.client;
+  }
+
+  async generate(request: ProviderRequest, signal?: AbortSignal): Promise<ProviderResult> {
+    if (!this.configured) {
+      throw new AppError(
+        'SERVICE_ERROR',
+        'OPENAI_API_KEY is not set; the function cannot generate images until it is configured',
+      );
+    }
+    const client = this.getClient();
+    const deadline = AbortSignal.timeout(this.options.timeoutMs);
+    const combined = signal ? AbortSignal.any([signal, deadline]) : deadline;
+    const isDallE = MODELS[request.model].family === 'dall-e';
+    const body: GenerateParams = {
+      model: request.model,
+      prompt: request.prompt,
+      n: request.n,
+      size: request.size,
+    };
+    if (isDallE) body.response_format = 'b64_json';
+    if (request.quality !== undefined) body.quality = request.quality as never;
+    if (request.style !== undefined) body.style = request.style as never;
+    if (request.background !== undefined) body.background = request.background;
+    if (request.outputFormat !== undefined) body.output_format = request.outputFormat;
+    if (request.outputCompression !== undefined) body.output_compression = request.outputCompression;
+    if (request.moderation !== undefined) body.moderation = request.moderation;
+    if (request.user !== undefined) body.user = request.user;
+
+    let response: UpstreamImagesResponse;
+    try {
+      response = (await client.images.generate(body, {signal: combined})) as typeof response;
+    } catch (error) {
+      throw translateError(error, deadline.aborted, signal?.aborted ?? false);
+    }
+    const items = response.data ?? [];
+    if (items.length !== request.n || items.some(item => typeof item.b64_json !== 'string')) {
+      throw new AppError(
+        'UPSTREAM_ERROR',
+        `OpenAI returned ${items.length} image(s) without data where ${request.n} were asked for`,
+      );
+    }
+    return {
+      images: items.map(item => ({
+        data: Buffer.from(item.b64_json as string, 'base64'),
+        revisedPrompt: item.revised_prompt ?? null,
+      })),
+      usage: (response.usage as Usage | undefined) ?? null,
+    };
+  }
+}
+
+function translateError(error: unknown, timedOut: boolean, cancelled: boolean): AppError {
+  const {default: OpenAIClient} = loadSdk();
+  if (timedOut || error instanceof OpenAIClient.APIConnectionTimeoutError) {
+    return new AppError('UPSTREAM_TIMEOUT', 'OpenAI did not answer in time', {cause: error});
+  }
+  if (cancelled || error instanceof OpenAIClient.APIUserAbortError) {
+    return new AppError('UPSTREAM_ERROR', 'The request was cancelled before OpenAI answered', {cause: error});
+  }
+  if (!(error instanceof OpenAIClient.APIError)) {
+    return new AppError('UPSTREAM_ERROR', 'OpenAI request failed', {cause: error});
+  }
+  const code = typeof error.code === 'string' ? error.code : undefined;
+  const requestId = error.requestID ?? undefined;
+  const details = {upstream_status: error.status ?? null, upstream_code: code ?? null, upstream_request_id: requestId ?? null};
+  if (error instanceof OpenAIClient.APIConnectionError) {
+    return new AppError('UPSTREAM_ERROR', 'Could not reach OpenAI', {cause: error, details});
+  }
+  if (code !== undefined && SAFETY_CODES.has(code)) {
+    return new AppError(
+      'CONTENT_POLICY_VIOLATION',
+      'OpenAI refused the prompt under its safety policy; rephrase it and try again',
+      {cause: error, details},
+    );
+  }
+  switch (error.status) {
+    case 400:
+    case 422:
+      return new AppError('VALIDATION_ERROR', `OpenAI rejected the request: ${upstreamMessage(error)}`, {
+        cause: error,
+        details: {...details, field: error.param ?? null},
+      });
+    case 401:
+    case 403:
+      // A credentials problem is ours to fix, not the caller's; never echo the key.
+      return new AppError(
+        'SERVICE_ERROR',
+        `OpenAI rejected the function's credentials (${error.status}); check OPENAI_API_KEY and OPENAI_ORGANIZATION`,
+        {cause: error, details},
+      );
+    case 429:
+      return new AppError(
+        'RATE_LIMIT_EXCEEDED',
+        code === 'insufficient_quota'
+          ? 'The OpenAI account is out of quota'
+          : 'OpenAI rate limit reached; retry after the indicated delay',
+        {cause: error, details, retryAfterSeconds: retryAfterSeconds(error.headers)},
+      );
+    default:
+      return new AppError('UPSTREAM_ERROR', `OpenAI failed with status ${error.status ?? 'unknown'}`, {
+        cause: error,
+        details,
+      });
+  }
+}
+
+function upstreamMessage(error: {message: string; error?: unknown}): string {
+  const body = error.error as {message?: unknown} | undefined;
+  const text = typeof body?.message === 'string' ? body.message : error.message;
+  // Strip anything that looks like a key; OpenAI masks keys, but be certain.
+  return text.replace(/sk-[A-Za-z0-9_*.-]+/g, 'sk-***').slice(0, 500);
+}
+
+function retryAfterSeconds(headers: Headers | undefined): number | undefined {
+  const ms = Number(headers?.get('retry-after-ms'));
+  if (Number.isFinite(ms) && ms > 0) return Math.ceil(ms / 1000);
+  const value = headers?.get('retry-after');
+  if (!value) return undefined;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, Math.ceil(seconds));
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - Date.now()) / 1000));
+}

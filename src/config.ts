@@ -1,0 +1,125 @@
+import {z} from 'zod';
+import {MODEL_IDS, type ModelId} from './domain/models';
+
+/**
+ * The one place that reads the environment. Everything else receives a
+ * validated `Config`, so a bad variable fails the first request with a message
+ * naming every problem instead of surfacing later as an odd runtime error.
+ */
+
+const optionalText = z
+  .string()
+  .trim()
+  .transform(v => (v === '' ? undefined : v))
+  .optional();
+
+const optionalUrl = optionalText.pipe(z.url({protocol: /^https?$/}).optional());
+
+function intInRange(min: number, max: number, fallback: number) {
+  return optionalText.transform((value, ctx) => {
+    if (value === undefined) return fallback;
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < min || n > max) {
+      ctx.addIssue({code: 'custom', message: `must be an integer from ${min} to ${max}`});
+      return z.NEVER;
+    }
+    return n;
+  });
+}
+
+const booleanFlag = (fallback: boolean) =>
+  optionalText.pipe(
+    z
+      .enum(['true', 'false', '1', '0', 'yes', 'no'])
+      .optional()
+      .transform(v => (v === undefined ? fallback : ['true', '1', 'yes'].includes(v))),
+  );
+
+const EnvSchema = z.object({
+  OPENAI_API_KEY: optionalText,
+  /** Older deployments named the key OPENAI_API. */
+  OPENAI_API: optionalText,
+  OPENAI_ORGANIZATION: optionalText,
+  OPENAI_ORG_ID: optionalText,
+  OPENAI_PROJECT: optionalText,
+  OPENAI_BASE_URL: optionalUrl,
+  DEFAULT_MODEL: optionalText.pipe(z.enum(MODEL_IDS).optional().default('gpt-image-1.5')),
+  GCS_BUCKET: optionalText.pipe(
+    z
+      .string()
+      .regex(/^[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]$/, 'is not a valid bucket name')
+      .optional(),
+  ),
+  GOOGLE_CLOUD_PROJECT: optionalText,
+  GCLOUD_PROJECT: optionalText,
+  FIRESTORE_DATABASE: optionalText,
+  DATA_DIR: optionalText,
+  PUBLIC_BASE_URL: optionalUrl,
+  UPSTREAM_TIMEOUT_SECONDS: intInRange(5, 3600, 300),
+  UPSTREAM_MAX_RETRIES: intInRange(0, 10, 2),
+  LOG_LEVEL: optionalText.pipe(
+    z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).optional().default('info'),
+  ),
+  LOG_PROMPTS: booleanFlag(true),
+  /** Set by Cloud Run functions: the entry point, used in cloudfunctions.net URLs. */
+  FUNCTION_TARGET: optionalText,
+});
+
+export interface Config {
+  openai: {
+    apiKey: string | undefined;
+    organization: string | undefined;
+    project: string | undefined;
+    baseURL: string | undefined;
+    timeoutMs: number;
+    maxRetries: number;
+  };
+  defaultModel: ModelId;
+  storage:
+    | {kind: 'gcp'; bucket: string; projectId: string | undefined; firestoreDatabase: string}
+    | {kind: 'local'; dataDir: string};
+  publicBaseUrl: string | undefined;
+  functionTarget: string | undefined;
+  log: {level: string; prompts: boolean};
+}
+
+export class ConfigError extends Error {
+  readonly problems: string[];
+  constructor(problems: string[]) {
+    super(`Invalid configuration: ${problems.join('; ')}`);
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const parsed = EnvSchema.safeParse(env);
+  if (!parsed.success) {
+    throw new ConfigError(
+      parsed.error.issues.map(issue => `${issue.path.join('.')}: ${issue.message}`),
+    );
+  }
+  const e = parsed.data;
+  return {
+    openai: {
+      apiKey: e.OPENAI_API_KEY ?? e.OPENAI_API,
+      organization: e.OPENAI_ORGANIZATION ?? e.OPENAI_ORG_ID,
+      project: e.OPENAI_PROJECT,
+      baseURL: e.OPENAI_BASE_URL,
+      timeoutMs: e.UPSTREAM_TIMEOUT_SECONDS * 1000,
+      maxRetries: e.UPSTREAM_MAX_RETRIES,
+    },
+    defaultModel: e.DEFAULT_MODEL,
+    storage: e.GCS_BUCKET
+      ? {
+          kind: 'gcp',
+          bucket: e.GCS_BUCKET,
+          projectId: e.GOOGLE_CLOUD_PROJECT ?? e.GCLOUD_PROJECT,
+          firestoreDatabase: e.FIRESTORE_DATABASE ?? '(default)',
+        }
+      : {kind: 'local', dataDir: e.DATA_DIR ?? './data'},
+    publicBaseUrl: e.PUBLIC_BASE_URL?.replace(/\/+$/, ''),
+    functionTarget: e.FUNCTION_TARGET,
+    log: {level: e.LOG_LEVEL, prompts: e.LOG_PROMPTS},
+  };
+}

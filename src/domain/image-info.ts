@@ -1,0 +1,39 @@
+import {createHash} from 'node:crypto';
+import {imageSize} from 'image-size';
+
+const FORMATS: Record<string, {contentType: string; extension: string}> = {
+  png: {contentType: 'image/png', extension: 'png'},
+  jpg: {contentType: 'image/jpeg', extension: 'jpg'},
+  webp: {contentType: 'image/webp', extension: 'webp'},
+};
+
+export interface ImageInfo {
+  contentType: string;
+  extension: string;
+  width: number;
+  height: number;
+  bytes: number;
+  sha256: string;
+}
+
+/**
+ * Reads the format and dimensions from the image header and hashes the bytes.
+ * Returns null for anything that is not a PNG, JPEG or WebP image.
+ */
+export function inspectImage(data: Buffer): ImageInfo | null {
+  let header: ReturnType<typeof imageSize>;
+  try {
+    header = imageSize(data);
+  } catch {
+    return null;
+  }
+  const format = header.type === undefined ? undefined : FORMATS[header.type];
+  if (!format || !header.width || !header.height) return null;
+  return {
+    ...format,
+    width: header.width,
+    height: header.height,
+    bytes: data.length,
+    sha256: createHash('sha256').update(data).digest('hex'),
+  };
+}

@@ -1,0 +1,70 @@
+import type {IncomingMessage} from 'node:http';
+import {AppError} from '../errors';
+
+/** What the Functions Framework leaves on the request after its body parsers ran. */
+export interface ParsedRequest extends IncomingMessage {
+  body?: unknown;
+  rawBody?: Buffer;
+}
+
+const DANGEROUS_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
+
+function mediaType(req: IncomingMessage): string {
+  return (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+}
+
+function isJsonType(type: string): boolean {
+  return type === 'application/json' || (type.startsWith('application/') && type.endsWith('+json'));
+}
+
+function parseJsonText(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new AppError('INVALID_JSON', 'The request body is not valid JSON');
+  }
+}
+
+/** Rejects keys that could reach an object's prototype if code ever merged the body. */
+function assertNoDangerousKeys(value: unknown, depth = 0): void {
+  if (depth > 32) throw new AppError('VALIDATION_ERROR', '(body): nested too deeply');
+  if (typeof value !== 'object' || value === null) return;
+  for (const key of Object.keys(value)) {
+    if (DANGEROUS_KEYS.has(key)) {
+      throw new AppError('VALIDATION_ERROR', `(body): the key '${key}' is not allowed`, {details: {field: key}});
+    }
+    assertNoDangerousKeys((value as Record<string, unknown>)[key], depth + 1);
+  }
+}
+
+/**
+ * Returns the JSON body of a request. JSON media types are parsed by the
+ * framework already; a body without a content type (or as text/plain, which
+ * some schedulers send) is parsed here; any other type is refused.
+ */
+export function readJsonBody(req: ParsedRequest, maxBytes: number): unknown {
+  const declared = Number(req.headers['content-length']);
+  const size = req.rawBody?.length ?? (Number.isFinite(declared) ? declared : 0);
+  if (size > maxBytes) {
+    throw new AppError('PAYLOAD_TOO_LARGE', `The request body is ${size} bytes; the limit is ${maxBytes}`);
+  }
+  const type = mediaType(req);
+  let body: unknown;
+  if (isJsonType(type)) {
+    body = req.body;
+  } else if (type === '' || type === 'text/plain') {
+    const text = req.rawBody?.toString('utf8') ?? (typeof req.body === 'string' ? req.body : '');
+    if (text.trim() === '') throw new AppError('VALIDATION_ERROR', '(body): a JSON object is required');
+    body = parseJsonText(text);
+  } else {
+    throw new AppError(
+      'UNSUPPORTED_MEDIA_TYPE',
+      `Content-Type '${type.slice(0, 100)}' is not supported; send application/json`,
+    );
+  }
+  if (body === undefined) {
+    throw new AppError('VALIDATION_ERROR', '(body): a JSON object is required');
+  }
+  assertNoDangerousKeys(body);
+  return body;
+}

@@ -1,0 +1,89 @@
+import type {Readable} from 'node:stream';
+import type {ModelId, OutputFormat} from './domain/models';
+import type {ImageRecord, JobRecord, JobStatus, Usage} from './domain/records';
+
+/** One upstream call: at most the model's per-call image limit. */
+export interface ProviderRequest {
+  model: ModelId;
+  prompt: string;
+  n: number;
+  size: string;
+  quality?: string;
+  style?: string;
+  background?: 'transparent' | 'opaque' | 'auto';
+  outputFormat?: OutputFormat;
+  outputCompression?: number;
+  moderation?: 'low' | 'auto';
+  user?: string;
+}
+
+export interface GeneratedImage {
+  data: Buffer;
+  revisedPrompt: string | null;
+}
+
+export interface ProviderResult {
+  images: GeneratedImage[];
+  usage: Usage;
+}
+
+export interface ImageProvider {
+  /** Rejects with an AppError (CONTENT_POLICY_VIOLATION, RATE_LIMIT_EXCEEDED, UPSTREAM_*). */
+  generate(request: ProviderRequest, signal?: AbortSignal): Promise<ProviderResult>;
+  readonly configured: boolean;
+}
+
+export interface StoredObjectInfo {
+  size: number;
+  contentType: string;
+  metadata: Record<string, string>;
+}
+
+/** Bytes by path. Paths are built by the use cases, never from caller input. */
+export interface ImageStore {
+  readonly kind: string;
+  /** Writes the object; fails if it already exists, so nothing is overwritten. */
+  put(path: string, data: Buffer, info: {contentType: string; metadata: Record<string, string>}): Promise<void>;
+  stat(path: string): Promise<StoredObjectInfo | null>;
+  read(path: string): Promise<Readable | null>;
+  /** Returns false when there was nothing to delete. */
+  delete(path: string): Promise<boolean>;
+  /** Object paths under a prefix, in lexicographic order. */
+  list(prefix: string): Promise<string[]>;
+}
+
+/** Position in the newest-first job order: the last job of a page. */
+export interface JobCursor {
+  createdAt: string;
+  id: string;
+}
+
+export interface JobQuery {
+  limit: number;
+  after?: JobCursor;
+  status?: JobStatus;
+  metadata?: {key: string; value: string};
+}
+
+export interface JobPage {
+  jobs: JobRecord[];
+  /** Set when more jobs may follow. */
+  next: JobCursor | null;
+}
+
+/** Jobs and images by id. */
+export interface MetadataStore {
+  readonly kind: string;
+  /** Writes a job and each of its images atomically; fails if any of them exists. */
+  saveJob(job: JobRecord): Promise<void>;
+  getJob(id: string): Promise<JobRecord | null>;
+  getImage(id: string): Promise<ImageRecord | null>;
+  /** Newest first, ties broken by id (descending). */
+  listJobs(query: JobQuery): Promise<JobPage>;
+  /** Removes the image record and drops it from its job; null if it was not there. */
+  deleteImage(id: string, updatedAt: string): Promise<ImageRecord | null>;
+  /** Removes the job and every image record of it; null if it was not there. */
+  deleteJob(id: string): Promise<JobRecord | null>;
+  /** Cheap round trip to prove the store answers (health checks). */
+  ping(): Promise<void>;
+}

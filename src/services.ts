@@ -1,0 +1,43 @@
+import type {Config} from './config';
+import {OpenAIImageProvider} from './adapters/openai-provider';
+import {LocalImageStore} from './adapters/local-image-store';
+import {LocalMetadataStore} from './adapters/local-metadata-store';
+import {GcsImageStore} from './adapters/gcs-image-store';
+import {FirestoreMetadataStore} from './adapters/firestore-metadata-store';
+import type {ImageProvider, ImageStore, MetadataStore} from './ports';
+
+export interface Services {
+  provider: ImageProvider;
+  images: ImageStore;
+  metadata: MetadataStore;
+}
+
+/**
+ * Chooses the adapters once, from validated config. The Google Cloud clients
+ * are loaded only in GCP mode.
+ */
+export function createServices(config: Config): Services {
+  const provider = new OpenAIImageProvider(config.openai);
+  if (config.storage.kind === 'local') {
+    return {
+      provider,
+      images: new LocalImageStore(config.storage.dataDir),
+      metadata: new LocalMetadataStore(config.storage.dataDir),
+    };
+  }
+  const {bucket, projectId, firestoreDatabase} = config.storage;
+  // Required here rather than at the top: local mode never pays for loading them.
+  const {Storage} = require('@google-cloud/storage') as typeof import('@google-cloud/storage');
+  const firestore = require('@google-cloud/firestore') as typeof import('@google-cloud/firestore');
+  const storage = new Storage(projectId ? {projectId} : {});
+  const db = new firestore.Firestore({
+    ...(projectId ? {projectId} : {}),
+    databaseId: firestoreDatabase,
+    ignoreUndefinedProperties: true,
+  });
+  return {
+    provider,
+    images: new GcsImageStore(storage.bucket(bucket)),
+    metadata: new FirestoreMetadataStore(db, firestore.FieldPath),
+  };
+}
