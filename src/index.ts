@@ -1,5 +1,6 @@
 import * as functions from '@google-cloud/functions-framework';
 import type {Request, Response} from '@google-cloud/functions-framework';
+import type {DestinationStream} from 'pino';
 import {ConfigError, loadConfig} from './config';
 import {AppError} from './errors';
 import {createApp} from './http/app';
@@ -10,33 +11,37 @@ import {createServices, type Services} from './services';
 
 installFrameworkErrorHandler();
 
-type Handler = (req: Request, res: Response) => Promise<void>;
+export type Handler = (req: Request, res: Response) => Promise<void>;
 
 /**
- * Builds the handler once per instance, on the first request: configuration is
- * read and checked, adapters are chosen, clients are created and then reused.
- * A configuration error answers every request with a clear SERVICE_ERROR.
+ * Builds a handler from an environment: configuration is read and checked
+ * once, adapters are chosen, clients are created on first use and then reused
+ * by every request. A configuration error answers every request with a clear
+ * SERVICE_ERROR instead of crashing the instance.
  */
-function buildHandler(): Handler {
+export function createImageGenHandler(
+  env: NodeJS.ProcessEnv = process.env,
+  options: {logDestination?: DestinationStream} = {},
+): Handler {
   let config;
   try {
-    config = loadConfig(process.env);
+    config = loadConfig(env);
   } catch (error) {
     const message = error instanceof ConfigError ? error.message : 'Invalid configuration';
-    createLogger('info').error({err: error}, message);
+    createLogger('info', options.logDestination).error({err: error}, message);
     return async (_req, res) => sendError(res, new AppError('SERVICE_ERROR', message));
   }
-  const logger = createLogger(config.log.level);
   let services: Services | undefined;
   return createApp({
     config,
-    logger,
+    logger: createLogger(config.log.level, options.logDestination),
     services: () => (services ??= createServices(config)),
   });
 }
 
 let handler: Handler | undefined;
 
-export const imageGen: Handler = (req, res) => (handler ??= buildHandler())(req, res);
+/** The entry point: built on the first request, so a cold start does only what it must. */
+export const imageGen: Handler = (req, res) => (handler ??= createImageGenHandler())(req, res);
 
 functions.http('imageGen', imageGen);

@@ -98,7 +98,9 @@ function zodProblems(error: z.ZodError, prefix: string[] = []): FieldProblem[] {
       return issue.keys.map(key => ({field: [...path, key].join('.'), message: 'unknown field'}));
     }
     let message = issue.message;
-    if (issue.code === 'invalid_value' && 'values' in issue) {
+    if (issue.code === 'invalid_key') {
+      message = issue.issues[0]?.message ?? message;
+    } else if (issue.code === 'invalid_value' && 'values' in issue) {
       message = `must be one of: ${listOf(issue.values.map(String))}`;
     }
     return [{field: path.join('.') || '(body)', message}];

@@ -49,7 +49,7 @@ export function createApp(options: AppOptions): (req: IncomingMessage, res: Serv
   const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
 
   const generate: RouteHandler = async ctx => {
-    const body = readJsonBody(ctx.req, maxBodyBytes);
+    const body = await readJsonBody(ctx.req, maxBodyBytes);
     const parsed = parseGenerateRequest(body, config.defaultModel);
     if (!parsed.ok) {
       throw new AppError(

@@ -37,12 +37,29 @@ function assertNoDangerousKeys(value: unknown, depth = 0): void {
   }
 }
 
+/** Reads a body no framework parser claimed (no content type), up to `maxBytes`. */
+async function readUnparsed(req: ParsedRequest, maxBytes: number): Promise<Buffer> {
+  if (req.rawBody) return req.rawBody;
+  if (req.readableEnded) return Buffer.alloc(0);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > maxBytes) {
+      req.destroy();
+      throw new AppError('PAYLOAD_TOO_LARGE', `The request body is over the limit of ${maxBytes} bytes`);
+    }
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
 /**
  * Returns the JSON body of a request. JSON media types are parsed by the
  * framework already; a body without a content type (or as text/plain, which
  * some schedulers send) is parsed here; any other type is refused.
  */
-export function readJsonBody(req: ParsedRequest, maxBytes: number): unknown {
+export async function readJsonBody(req: ParsedRequest, maxBytes: number): Promise<unknown> {
   const declared = Number(req.headers['content-length']);
   const size = req.rawBody?.length ?? (Number.isFinite(declared) ? declared : 0);
   if (size > maxBytes) {
@@ -53,7 +70,7 @@ export function readJsonBody(req: ParsedRequest, maxBytes: number): unknown {
   if (isJsonType(type)) {
     body = req.body;
   } else if (type === '' || type === 'text/plain') {
-    const text = req.rawBody?.toString('utf8') ?? (typeof req.body === 'string' ? req.body : '');
+    const text = typeof req.body === 'string' ? req.body : (await readUnparsed(req, maxBytes)).toString('utf8');
     if (text.trim() === '') throw new AppError('VALIDATION_ERROR', '(body): a JSON object is required');
     body = parseJsonText(text);
   } else {

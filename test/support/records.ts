@@ -1,0 +1,53 @@
+import {randomUUID} from 'node:crypto';
+import type {ImageRecord, JobRecord} from '../../src/domain/records';
+
+/** A job record as the generate use case would write it, for store tests. */
+export function makeJob(overrides: Partial<JobRecord> = {}, imageCount = 2): JobRecord {
+  const id = overrides.id ?? randomUUID();
+  const createdAt = overrides.created_at ?? new Date().toISOString();
+  const images: ImageRecord[] = Array.from({length: imageCount}, (_, index) => {
+    const imageId = randomUUID();
+    return {
+      id: imageId,
+      job_id: id,
+      index,
+      object_path: `images/${id}/${String(index).padStart(3, '0')}-${imageId}.png`,
+      content_type: 'image/png',
+      bytes: 100 + index,
+      sha256: 'a'.repeat(64),
+      width: 1024,
+      height: 1024,
+      model: 'gpt-image-1.5',
+      size: '1024x1024',
+      prompt: 'a test prompt',
+      revised_prompt: null,
+      created_at: createdAt,
+    };
+  });
+  return {
+    id,
+    status: 'completed',
+    prompt: 'a test prompt',
+    source: 'generate',
+    parameters: {
+      count: imageCount,
+      model: 'gpt-image-1.5',
+      size: '1024x1024',
+      quality: null,
+      style: null,
+      background: null,
+      output_format: null,
+      output_compression: null,
+      moderation: null,
+      user: null,
+    },
+    metadata: {},
+    usage: {total_tokens: 10, input_tokens: 4, output_tokens: 6, input_tokens_details: {text_tokens: 4, image_tokens: 0}},
+    images,
+    created_at: createdAt,
+    updated_at: createdAt,
+    completed_at: createdAt,
+    upstream_ms: 5,
+    ...overrides,
+  };
+}

@@ -1,0 +1,48 @@
+import {ConfigError, loadConfig} from '../../src/config';
+
+describe('loadConfig', () => {
+  test('defaults: local storage under ./data, no key', () => {
+    const config = loadConfig({});
+    expect(config.storage).toEqual({kind: 'local', dataDir: './data'});
+    expect(config.openai.apiKey).toBeUndefined();
+    expect(config.defaultModel).toBe('gpt-image-1.5');
+    expect(config.openai.timeoutMs).toBe(300_000);
+  });
+
+  test('accepts the older variable names', () => {
+    const config = loadConfig({OPENAI_API: 'sk-old', OPENAI_ORG_ID: 'org-old'});
+    expect(config.openai.apiKey).toBe('sk-old');
+    expect(config.openai.organization).toBe('org-old');
+  });
+
+  test('the current names win over the older ones', () => {
+    const config = loadConfig({OPENAI_API: 'sk-old', OPENAI_API_KEY: 'sk-new', OPENAI_ORGANIZATION: 'org-new', OPENAI_ORG_ID: 'org-old'});
+    expect(config.openai.apiKey).toBe('sk-new');
+    expect(config.openai.organization).toBe('org-new');
+  });
+
+  test('GCS_BUCKET switches to Cloud Storage and Firestore', () => {
+    const config = loadConfig({GCS_BUCKET: 'my-images', GOOGLE_CLOUD_PROJECT: 'proj', FIRESTORE_DATABASE: 'imagegen'});
+    expect(config.storage).toEqual({kind: 'gcp', bucket: 'my-images', projectId: 'proj', firestoreDatabase: 'imagegen'});
+  });
+
+  test('empty strings count as unset', () => {
+    expect(loadConfig({GCS_BUCKET: '', OPENAI_API_KEY: '  '}).storage.kind).toBe('local');
+  });
+
+  test('every bad variable is listed in one error', () => {
+    let error: unknown;
+    try {
+      loadConfig({DEFAULT_MODEL: 'dall-e-9', GCS_BUCKET: 'Bad_Bucket!', PUBLIC_BASE_URL: 'ftp://x', UPSTREAM_TIMEOUT_SECONDS: '2'});
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    const problems = (error as ConfigError).problems.map(p => p.split(':')[0]);
+    expect(problems.sort()).toEqual(['DEFAULT_MODEL', 'GCS_BUCKET', 'PUBLIC_BASE_URL', 'UPSTREAM_TIMEOUT_SECONDS']);
+  });
+
+  test('PUBLIC_BASE_URL loses its trailing slash', () => {
+    expect(loadConfig({PUBLIC_BASE_URL: 'https://img.example.com/'}).publicBaseUrl).toBe('https://img.example.com');
+  });
+});
