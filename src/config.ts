@@ -55,6 +55,10 @@ const EnvSchema = z.object({
   FIRESTORE_DATABASE: optionalText,
   DATA_DIR: optionalText,
   PUBLIC_BASE_URL: optionalUrl,
+  URL_MODE: optionalText.pipe(z.enum(['signed', 'public', 'proxy']).optional()),
+  /** V4 signed URLs live at most 7 days. */
+  SIGNED_URL_TTL_SECONDS: intInRange(60, 604800, 3600),
+  MAX_BODY_BYTES: intInRange(1024, 32 * 1024 * 1024, 1024 * 1024),
   UPSTREAM_TIMEOUT_SECONDS: intInRange(5, 3600, 300),
   UPSTREAM_MAX_RETRIES: intInRange(0, 10, 2),
   LOG_LEVEL: optionalText.pipe(
@@ -78,7 +82,13 @@ export interface Config {
   storage:
     | {kind: 'gcp'; bucket: string; projectId: string | undefined; firestoreDatabase: string}
     | {kind: 'local'; dataDir: string};
+  /**
+   * How image URLs are made: `signed` V4 URLs, `public` object URLs, or
+   * `proxy` through this function's GET /images/:id.
+   */
+  urls: {mode: 'signed' | 'public' | 'proxy'; signedTtlSeconds: number};
   publicBaseUrl: string | undefined;
+  maxBodyBytes: number;
   functionTarget: string | undefined;
   log: {level: string; prompts: boolean};
 }
@@ -100,6 +110,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     );
   }
   const e = parsed.data;
+  const gcp = e.GCS_BUCKET !== undefined;
+  const urlMode = e.URL_MODE ?? (gcp ? 'signed' : 'proxy');
+  if (!gcp && urlMode !== 'proxy') {
+    throw new ConfigError([`URL_MODE: '${urlMode}' needs GCS_BUCKET; local storage serves images through the function (proxy)`]);
+  }
   return {
     openai: {
       apiKey: e.OPENAI_API_KEY ?? e.OPENAI_API,
@@ -118,7 +133,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
           firestoreDatabase: e.FIRESTORE_DATABASE ?? '(default)',
         }
       : {kind: 'local', dataDir: e.DATA_DIR ?? './data'},
+    urls: {mode: urlMode, signedTtlSeconds: e.SIGNED_URL_TTL_SECONDS},
     publicBaseUrl: e.PUBLIC_BASE_URL?.replace(/\/+$/, ''),
+    maxBodyBytes: e.MAX_BODY_BYTES,
     functionTarget: e.FUNCTION_TARGET,
     log: {level: e.LOG_LEVEL, prompts: e.LOG_PROMPTS},
   };

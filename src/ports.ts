@@ -50,6 +50,12 @@ export interface ImageStore {
   delete(path: string): Promise<boolean>;
   /** Object paths under a prefix, in lexicographic order. */
   list(prefix: string): Promise<string[]>;
+  /** Cloud Storage only: a time-limited URL that reads the object without credentials. */
+  signedReadUrl?(path: string, ttlSeconds: number): Promise<{url: string; expiresAt: Date}>;
+  /** Cloud Storage only: the object's public URL (works when the bucket allows it). */
+  publicUrl?(path: string): string;
+  /** Cloud Storage only: gs://bucket/path, for GCP callers that read the object directly. */
+  uri?(path: string): string;
 }
 
 /** Position in the newest-first job order: the last job of a page. */

@@ -10,11 +10,21 @@ function statusOf(error: unknown): number | undefined {
   return typeof code === 'number' ? code : undefined;
 }
 
+export interface GcsImageStoreOptions {
+  /** IAM signBlob endpoint, when not the default (tests point it at a local server). */
+  signingEndpoint?: string;
+  /** Base for public URLs, e.g. a CDN in front of the bucket. */
+  publicBaseUrl?: string;
+}
+
 /** Image bytes in a Cloud Storage bucket. */
 export class GcsImageStore implements ImageStore {
   readonly kind = 'gcs';
 
-  constructor(private readonly bucket: Bucket) {}
+  constructor(
+    private readonly bucket: Bucket,
+    private readonly options: GcsImageStoreOptions = {},
+  ) {}
 
   get bucketName(): string {
     return this.bucket.name;
@@ -84,6 +94,32 @@ export class GcsImageStore implements ImageStore {
       if (statusOf(error) === 404) return false;
       throw error;
     }
+  }
+
+  /**
+   * A V4 signed URL. With a key file the client signs locally; on Cloud Run it
+   * has no key and signs through IAM signBlob as its own service account
+   * (which needs iam.serviceAccountTokenCreator on itself).
+   */
+  async signedReadUrl(objectPath: string, ttlSeconds: number): Promise<{url: string; expiresAt: Date}> {
+    const expiresAt = new Date(Date.now() + ttlSeconds * 1000);
+    const [url] = await this.bucket.file(objectPath).getSignedUrl({
+      version: 'v4',
+      action: 'read',
+      expires: expiresAt,
+      ...(this.options.signingEndpoint ? {signingEndpoint: this.options.signingEndpoint} : {}),
+    });
+    return {url, expiresAt};
+  }
+
+  publicUrl(objectPath: string): string {
+    const encoded = objectPath.split('/').map(encodeURIComponent).join('/');
+    const base = this.options.publicBaseUrl ?? `https://storage.googleapis.com/${this.bucket.name}`;
+    return `${base}/${encoded}`;
+  }
+
+  uri(objectPath: string): string {
+    return `gs://${this.bucket.name}/${objectPath}`;
   }
 
   async list(prefix: string): Promise<string[]> {

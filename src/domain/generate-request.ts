@@ -49,7 +49,7 @@ const generationParams = {
 
 export const GenerateRequestSchema = z
   .strictObject({prompt: promptText.describe('What to draw.'), ...generationParams})
-  .describe('Rich generate payload.');
+  .meta({id: 'GenerateRequest', description: 'Rich generate payload.'});
 
 export const LegacyRequestSchema = z
   .strictObject({
@@ -57,7 +57,7 @@ export const LegacyRequestSchema = z
       body: z.strictObject({prompt_image: promptText, ...generationParams}),
     }),
   })
-  .describe('Legacy payload: {"input":{"body":{"prompt_image":"..."}}}.');
+  .meta({id: 'LegacyGenerateRequest', description: 'Legacy payload: {"input":{"body":{"prompt_image":"..."}}}.'});
 
 export type GenerateRequest = z.infer<typeof GenerateRequestSchema>;
 

@@ -1,27 +1,12 @@
 import type {ImageRecord, JobRecord} from '../domain/records';
+import type {ImageView, JobView} from './schemas';
+import type {ImageLinker} from './urls';
 
-/** Turns an image id into a URL the caller can fetch. */
-export type ImageUrlFor = (image: ImageRecord) => Promise<string> | string;
-
-export interface ImageView {
-  id: string;
-  url: string;
-  content_type: string;
-  bytes: number;
-  sha256: string;
-  width: number;
-  height: number;
-  model: string;
-  size: string;
-  prompt: string;
-  revised_prompt: string | null;
-}
-
-export async function imageView(image: ImageRecord, urlFor: ImageUrlFor): Promise<ImageView> {
+export async function imageView(image: ImageRecord, links: ImageLinker): Promise<ImageView> {
   return {
     id: image.id,
-    url: await urlFor(image),
-    content_type: image.content_type,
+    ...(await links(image)),
+    content_type: image.content_type as ImageView['content_type'],
     bytes: image.bytes,
     sha256: image.sha256,
     width: image.width,
@@ -33,8 +18,8 @@ export async function imageView(image: ImageRecord, urlFor: ImageUrlFor): Promis
   };
 }
 
-export async function jobView(job: JobRecord, urlFor: ImageUrlFor) {
-  const images = await Promise.all(job.images.map(image => imageView(image, urlFor)));
+export async function jobView(job: JobRecord, links: ImageLinker): Promise<JobView> {
+  const images = await Promise.all(job.images.map(image => imageView(image, links)));
   return {
     job_id: job.id,
     status: job.status,

@@ -1,4 +1,8 @@
 import type {IncomingMessage} from 'node:http';
+import type {Config} from '../config';
+import type {ImageRecord} from '../domain/records';
+import type {ImageStore} from '../ports';
+import {storageError} from '../usecases/generate';
 
 function first(value: string | string[] | undefined): string | undefined {
   const text = Array.isArray(value) ? value[0] : value;
@@ -22,4 +26,35 @@ export function baseUrlFor(
   const prefix =
     safeHost.endsWith('.cloudfunctions.net') && options.functionTarget ? `/${options.functionTarget}` : '';
   return `${safeProto}://${safeHost}${prefix}`;
+}
+
+export interface ImageLinks {
+  url: string;
+  url_expires_at: string | null;
+  gcs_uri: string | null;
+}
+
+export type ImageLinker = (image: ImageRecord) => Promise<ImageLinks>;
+
+/** Makes the URLs for an image the way URL_MODE asks; signed URLs are minted fresh each time. */
+export function imageLinker(config: Config, store: ImageStore, req: IncomingMessage): ImageLinker {
+  const gcsUri = (image: ImageRecord) => store.uri?.(image.object_path) ?? null;
+  const {mode, signedTtlSeconds} = config.urls;
+  if (mode === 'signed' && store.signedReadUrl) {
+    const sign = store.signedReadUrl.bind(store);
+    return async image => {
+      try {
+        const signed = await sign(image.object_path, signedTtlSeconds);
+        return {url: signed.url, url_expires_at: signed.expiresAt.toISOString(), gcs_uri: gcsUri(image)};
+      } catch (error) {
+        throw storageError('Could not sign the image URL; check that the service account may sign blobs', error);
+      }
+    };
+  }
+  if (mode === 'public' && store.publicUrl) {
+    const publicUrl = store.publicUrl.bind(store);
+    return async image => ({url: publicUrl(image.object_path), url_expires_at: null, gcs_uri: gcsUri(image)});
+  }
+  const base = baseUrlFor(req, {publicBaseUrl: mode === 'proxy' ? config.publicBaseUrl : undefined, functionTarget: config.functionTarget});
+  return async image => ({url: `${base}/images/${image.id}`, url_expires_at: null, gcs_uri: gcsUri(image)});
 }

@@ -1,0 +1,299 @@
+import {createHash} from 'node:crypto';
+import {readdirSync, existsSync} from 'node:fs';
+import {join} from 'node:path';
+import sharp from 'sharp';
+import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
+import {getJson, postJson, startFunction, type RunningFunction} from '../support/function-server';
+import {useTempDir} from '../support/temp-dir';
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+const API_KEY = 'sk-test-e2e-secret-key-0123456789';
+
+function filesUnder(dir: string): string[] {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir, {recursive: true, withFileTypes: true})
+    .filter(entry => entry.isFile())
+    .map(entry => join(entry.parentPath, entry.name));
+}
+
+describe('imageGen end to end, local store', () => {
+  const dataDir = useTempDir();
+  let openai: FakeOpenAI;
+  let fn: RunningFunction;
+
+  beforeAll(async () => {
+    openai = await startFakeOpenAI({apiKey: API_KEY, organization: 'org-e2e'});
+    fn = await startFunction({
+      OPENAI_API_KEY: API_KEY,
+      OPENAI_ORGANIZATION: 'org-e2e',
+      OPENAI_BASE_URL: openai.url,
+      DATA_DIR: dataDir(),
+      UPSTREAM_MAX_RETRIES: '0',
+      UPSTREAM_TIMEOUT_SECONDS: '5',
+    });
+  });
+  afterAll(async () => {
+    await fn.close();
+    await openai.close();
+  });
+  beforeEach(() => openai.reset());
+
+  test('the legacy payload answers with an image URL that serves the stored image', async () => {
+    const {status, body} = await postJson(`${fn.url}/`, {input: {body: {prompt_image: 'Image of a sunset over mountains'}}});
+    expect(status).toBe(200);
+    expect(body.status).toBe('completed');
+    expect(body.job_id).toMatch(UUID);
+    expect(body.images).toHaveLength(1);
+    const [image] = body.images;
+    expect(image.id).toMatch(UUID);
+    expect(body.image_url).toBe(`${fn.url}/images/${image.id}`);
+    expect(image).toMatchObject({
+      content_type: 'image/png',
+      width: 1024,
+      height: 1024,
+      model: 'gpt-image-1.5',
+      size: '1024x1024',
+      prompt: 'Image of a sunset over mountains',
+      revised_prompt: null,
+    });
+    expect(body.usage).toEqual(expect.objectContaining({total_tokens: expect.any(Number)}));
+
+    const served = await fetch(body.image_url);
+    expect(served.status).toBe(200);
+    expect(served.headers.get('content-type')).toBe('image/png');
+    expect(served.headers.get('etag')).toBe(`"${image.sha256}"`);
+    expect(served.headers.get('cache-control')).toMatch(/max-age=31536000/);
+    const bytes = Buffer.from(await served.arrayBuffer());
+    expect(bytes.length).toBe(image.bytes);
+    expect(createHash('sha256').update(bytes).digest('hex')).toBe(image.sha256);
+    const decoded = await sharp(bytes).metadata();
+    expect([decoded.format, decoded.width, decoded.height]).toEqual(['png', 1024, 1024]);
+
+    // The upstream call carried the configured credentials and organization.
+    expect(openai.requests).toHaveLength(1);
+    expect(openai.requests[0]!.headers.authorization).toBe(`Bearer ${API_KEY}`);
+    expect(openai.requests[0]!.headers['openai-organization']).toBe('org-e2e');
+  });
+
+  test('the rich payload stores every image under images/<job>/<nnn>-<id>.<ext>', async () => {
+    const {status, body} = await postJson(`${fn.url}/generate`, {
+      prompt: 'three foxes',
+      count: 3,
+      model: 'gpt-image-1',
+      size: '1536x1024',
+      quality: 'low',
+      output_format: 'webp',
+      output_compression: 60,
+      metadata: {order: 'A-17'},
+    });
+    expect(status).toBe(200);
+    expect(body.images.map((i: {content_type: string}) => i.content_type)).toEqual(['image/webp', 'image/webp', 'image/webp']);
+    expect(new Set(body.images.map((i: {sha256: string}) => i.sha256)).size).toBe(3);
+    expect(body.metadata).toEqual({order: 'A-17'});
+    expect(body.parameters).toMatchObject({count: 3, model: 'gpt-image-1', size: '1536x1024', quality: 'low', output_format: 'webp', output_compression: 60});
+    // count 3 fits in one call for GPT image models.
+    expect(openai.requests).toHaveLength(1);
+    expect(openai.requests[0]!.body).toMatchObject({model: 'gpt-image-1', n: 3, size: '1536x1024', output_format: 'webp'});
+    const objects = filesUnder(join(dataDir(), 'objects', 'images', body.job_id)).map(f => f.split('/').pop());
+    expect(objects.sort()).toEqual(
+      body.images.map((image: {id: string}, index: number) => `00${index}-${image.id}.webp`),
+    );
+    for (const image of body.images) {
+      const served = Buffer.from(await (await fetch(image.url)).arrayBuffer());
+      const meta = await sharp(served).metadata();
+      expect([meta.format, meta.width, meta.height]).toEqual(['webp', 1536, 1024]);
+    }
+  });
+
+  test('dall-e-3 count=4 is split into four parallel one-image calls', async () => {
+    // The first call hangs. Sequential calls would never send the other three;
+    // parallel calls send all four, and the job then fails on the deadline
+    // with every stored image removed again.
+    openai.injectFault({kind: 'hang'});
+    const {status, body} = await postJson(`${fn.url}/generate`, {prompt: 'four cats', count: 4, model: 'dall-e-3'});
+    expect(openai.requests.filter(r => r.path === '/v1/images/generations')).toHaveLength(4);
+    expect(openai.requests.every(r => (r.body as {n: number}).n === 1)).toBe(true);
+    expect(status).toBe(504);
+    expect(body).toEqual({error: expect.stringMatching(/did not answer in time/), status: 'failed', code: 'UPSTREAM_TIMEOUT'});
+    expect(filesUnder(join(dataDir(), 'objects')).filter(f => !f.includes('.tmp-')).length).toBe(
+      filesUnder(join(dataDir(), 'records', 'images')).length,
+    );
+  }, 20_000);
+
+  test('dall-e-3 returns the revised prompt and no usage', async () => {
+    const {status, body} = await postJson(`${fn.url}/generate`, {prompt: 'a lighthouse', count: 2, model: 'dall-e-3', quality: 'hd', style: 'natural'});
+    expect(status).toBe(200);
+    expect(body.usage).toBeNull();
+    expect(body.images).toHaveLength(2);
+    for (const image of body.images) expect(typeof image.revised_prompt).toBe('string');
+    expect(openai.requests.map(r => r.body)).toEqual([
+      expect.objectContaining({model: 'dall-e-3', n: 1, quality: 'hd', style: 'natural', response_format: 'b64_json'}),
+      expect.objectContaining({model: 'dall-e-3', n: 1, quality: 'hd', style: 'natural', response_format: 'b64_json'}),
+    ]);
+  });
+
+  test('a refused prompt in a multi-call job leaves no object and no record behind', async () => {
+    const objectsBefore = filesUnder(join(dataDir(), 'objects')).length;
+    const recordsBefore = filesUnder(join(dataDir(), 'records')).length;
+    openai.setLatency(50);
+    openai.injectFault({kind: 'content_policy'});
+    const {status, body} = await postJson(`${fn.url}/generate`, {prompt: 'three dogs', count: 3, model: 'dall-e-3'});
+    expect(status).toBe(400);
+    expect(body.code).toBe('CONTENT_POLICY_VIOLATION');
+    expect(openai.requests).toHaveLength(3);
+    expect(filesUnder(join(dataDir(), 'objects')).length).toBe(objectsBefore);
+    expect(filesUnder(join(dataDir(), 'records')).length).toBe(recordsBefore);
+  });
+
+  test('GPT image moderation refusals are CONTENT_POLICY_VIOLATION too', async () => {
+    const {status, body} = await postJson(`${fn.url}/generate`, {prompt: 'x [[content-policy]]', model: 'gpt-image-1'});
+    expect([status, body.code]).toEqual([400, 'CONTENT_POLICY_VIOLATION']);
+  });
+
+  test('a rate limit passes Retry-After through', async () => {
+    openai.injectFault({kind: 'rate_limit', retryAfterSeconds: 17});
+    const {status, headers, body} = await postJson(`${fn.url}/generate`, {prompt: 'x'});
+    expect(status).toBe(429);
+    expect(headers.get('retry-after')).toBe('17');
+    expect(body).toMatchObject({status: 'failed', code: 'RATE_LIMIT_EXCEEDED', details: {upstream_status: 429}});
+    expect(body.error).toMatch(/rate limit/i);
+  });
+
+  test.each([
+    [{kind: 'server_error', status: 503} as const],
+    [{kind: 'connection_reset'} as const],
+    [{kind: 'malformed'} as const],
+  ])('upstream failure %j is UPSTREAM_ERROR 502', async fault => {
+    openai.injectFault(fault);
+    const {status, body} = await postJson(`${fn.url}/generate`, {prompt: 'x'});
+    expect([status, body.code, body.status]).toEqual([502, 'UPSTREAM_ERROR', 'failed']);
+  });
+
+  test('malformed JSON is INVALID_JSON, as JSON', async () => {
+    const response = await fetch(`${fn.url}/`, {method: 'POST', headers: {'content-type': 'application/json'}, body: '{"input":'});
+    expect(response.status).toBe(400);
+    expect(response.headers.get('content-type')).toMatch(/^application\/json/);
+    expect(await response.json()).toEqual({error: 'The request body is not valid JSON', status: 'failed', code: 'INVALID_JSON'});
+  });
+
+  test('validation errors name the field and the allowed values, before any upstream call', async () => {
+    const {status, body} = await postJson(`${fn.url}/generate`, {prompt: 'x', model: 'dall-e-2', size: '1536x1024'});
+    expect(status).toBe(400);
+    expect(body.code).toBe('VALIDATION_ERROR');
+    expect(body.error).toBe("size: '1536x1024' is invalid for dall-e-2 (not supported); allowed: 256x256, 512x512, 1024x1024");
+    expect(openai.requests).toHaveLength(0);
+  });
+
+  test('a body that is not JSON at all is 415', async () => {
+    const response = await fetch(`${fn.url}/generate`, {method: 'POST', headers: {'content-type': 'application/xml'}, body: '<x/>'});
+    expect(response.status).toBe(415);
+    expect(((await response.json()) as {code: string}).code).toBe('UNSUPPORTED_MEDIA_TYPE');
+  });
+
+  test('a JSON body without a content type is accepted', async () => {
+    const response = await fetch(`${fn.url}/generate`, {method: 'POST', body: Buffer.from(JSON.stringify({prompt: 'no header'}))});
+    expect(response.status).toBe(200);
+    expect(((await response.json()) as {images: {prompt: string}[]}).images[0]!.prompt).toBe('no header');
+  });
+
+  test.each([
+    ['an unknown UUID', '6f1c7d1e-2a3b-4c5d-8e9f-0a1b2c3d4e5f'],
+    ['a non-UUID', 'not-an-id'],
+    ['an encoded traversal', '..%2F..%2Frecords%2Fjobs'],
+  ])('GET /images/<%s> is IMAGE_NOT_FOUND', async (_label, id) => {
+    const {status, body} = await getJson(`${fn.url}/images/${id}`);
+    expect([status, body.code]).toEqual([404, 'IMAGE_NOT_FOUND']);
+  });
+
+  test('If-None-Match answers 304 and HEAD answers headers only', async () => {
+    const {body} = await postJson(`${fn.url}/generate`, {prompt: 'cached'});
+    const image = body.images[0];
+    const notModified = await fetch(image.url, {headers: {'if-none-match': `"${image.sha256}"`}});
+    expect(notModified.status).toBe(304);
+    const head = await fetch(image.url, {method: 'HEAD'});
+    expect(head.status).toBe(200);
+    expect(head.headers.get('content-length')).toBe(String(image.bytes));
+    expect((await head.arrayBuffer()).byteLength).toBe(0);
+  });
+
+  test('health reports the stores and the key', async () => {
+    const {status, body} = await getJson(`${fn.url}/health`);
+    expect(status).toBe(200);
+    expect(body).toEqual({
+      status: 'healthy',
+      api_key_configured: true,
+      timestamp: expect.any(String),
+      storage: {kind: 'local', ok: true},
+      metadata: {kind: 'local', ok: true},
+      default_model: 'gpt-image-1.5',
+    });
+  });
+
+  test('unknown routes are 404 NOT_FOUND; wrong methods are 405 with Allow', async () => {
+    const missing = await getJson(`${fn.url}/nope`);
+    expect([missing.status, missing.body.code]).toEqual([404, 'NOT_FOUND']);
+    const wrong = await getJson(`${fn.url}/generate`);
+    expect([wrong.status, wrong.body.code, wrong.headers.get('allow')]).toEqual([405, 'METHOD_NOT_ALLOWED', 'POST']);
+  });
+
+  test('URLs follow the forwarded proto and host', async () => {
+    const {body} = await postJson(`${fn.url}/generate`, {prompt: 'proxied'}, {'x-forwarded-proto': 'https', 'x-forwarded-host': 'img.example.com'});
+    expect(body.image_url).toBe(`https://img.example.com/images/${body.images[0].id}`);
+  });
+
+  test('the API key never reaches the logs', () => {
+    expect(fn.logs.length).toBeGreaterThan(10);
+    expect(JSON.stringify(fn.logs)).not.toContain(API_KEY);
+  });
+
+  test('every request has one access log line with latency and status', () => {
+    const access = fn.logs.filter(line => line.httpRequest);
+    expect(access.length).toBeGreaterThan(10);
+    for (const line of access) {
+      expect(line).toMatchObject({severity: expect.stringMatching(/^(INFO|WARNING|ERROR)$/), httpRequest: {status: expect.any(Number), latency: expect.stringMatching(/^\d+\.\d{3}s$/)}});
+    }
+  });
+});
+
+describe('imageGen configuration problems', () => {
+  const dataDir = useTempDir();
+
+  test('without a key: health says so and generate is SERVICE_ERROR', async () => {
+    const fn = await startFunction({DATA_DIR: dataDir()});
+    try {
+      const health = await getJson(`${fn.url}/health`);
+      expect(health.body.api_key_configured).toBe(false);
+      const {status, body} = await postJson(`${fn.url}/generate`, {prompt: 'x'});
+      expect(status).toBe(500);
+      expect(body).toEqual({error: expect.stringMatching(/OPENAI_API_KEY is not set/), status: 'failed', code: 'SERVICE_ERROR'});
+    } finally {
+      await fn.close();
+    }
+  });
+
+  test('a wrong key is SERVICE_ERROR and the key is not echoed', async () => {
+    const openai = await startFakeOpenAI({apiKey: 'sk-right'});
+    const fn = await startFunction({DATA_DIR: dataDir(), OPENAI_API_KEY: 'sk-wrong-key-abcdef', OPENAI_BASE_URL: openai.url, UPSTREAM_MAX_RETRIES: '0'});
+    try {
+      const {status, body} = await postJson(`${fn.url}/generate`, {prompt: 'x'});
+      expect([status, body.code]).toEqual([500, 'SERVICE_ERROR']);
+      expect(JSON.stringify(body)).not.toContain('abcdef');
+      expect(JSON.stringify(fn.logs)).not.toContain('sk-wrong-key-abcdef');
+    } finally {
+      await fn.close();
+      await openai.close();
+    }
+  });
+
+  test('an invalid environment answers SERVICE_ERROR naming every bad variable', async () => {
+    const fn = await startFunction({DATA_DIR: dataDir(), DEFAULT_MODEL: 'dall-e-9', UPSTREAM_TIMEOUT_SECONDS: 'soon'});
+    try {
+      const {status, body} = await getJson(`${fn.url}/health`);
+      expect([status, body.code]).toEqual([500, 'SERVICE_ERROR']);
+      expect(body.error).toMatch(/DEFAULT_MODEL/);
+      expect(body.error).toMatch(/UPSTREAM_TIMEOUT_SECONDS/);
+    } finally {
+      await fn.close();
+    }
+  });
+});

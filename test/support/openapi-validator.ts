@@ -1,0 +1,51 @@
+import Ajv2020 from 'ajv/dist/2020';
+import addFormats from 'ajv-formats';
+import {openApiDocument} from '../../src/http/openapi';
+
+interface Operation {
+  responses: Record<string, {content?: Record<string, {schema?: object}>}>;
+}
+
+/**
+ * Checks live responses against the served OpenAPI document: the status must
+ * be documented for the operation, and a JSON body must match its schema.
+ */
+export class OpenApiValidator {
+  private readonly ajv = new Ajv2020({strict: false, allErrors: true});
+  private readonly doc = openApiDocument() as {paths: Record<string, Record<string, Operation>>};
+  readonly checked: string[] = [];
+
+  constructor() {
+    addFormats(this.ajv);
+    this.ajv.addSchema(this.doc, 'openapi.json');
+  }
+
+  private operationFor(method: string, pathname: string): {template: string; operation: Operation} {
+    for (const [template, item] of Object.entries(this.doc.paths)) {
+      const pattern = new RegExp(`^${template.replace(/\{[^}]+\}/g, '[^/]+')}$`);
+      const operation = item[method.toLowerCase()];
+      if (pattern.test(pathname) && operation) return {template, operation};
+    }
+    throw new Error(`${method} ${pathname} is not in the OpenAPI document`);
+  }
+
+  /** Throws with the reasons when the response does not match the document. */
+  check(method: string, url: string, status: number, body: unknown): void {
+    const {pathname} = new URL(url);
+    const {template, operation} = this.operationFor(method, pathname);
+    const response = operation.responses[String(status)];
+    if (!response) throw new Error(`${method} ${template} does not document status ${status}`);
+    const schema = response.content?.['application/json']?.schema;
+    if (schema) {
+      const validate = this.ajv.compile({$ref: `openapi.json#/paths/${encodePointer(template)}/${method.toLowerCase()}/responses/${status}/content/application~1json/schema`});
+      if (!validate(body)) {
+        throw new Error(`${method} ${template} ${status} body does not match: ${this.ajv.errorsText(validate.errors)}`);
+      }
+    }
+    this.checked.push(`${method} ${template} ${status}`);
+  }
+}
+
+function encodePointer(segment: string): string {
+  return segment.replace(/~/g, '~0').replace(/\//g, '~1').replace(/\{/g, '%7B').replace(/\}/g, '%7D');
+}
