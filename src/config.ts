@@ -50,6 +50,8 @@ const EnvSchema = z.object({
       .regex(/^[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]$/, 'is not a valid bucket name')
       .optional(),
   ),
+  /** A local Cloud Storage endpoint (tests, emulators): host:port or a URL. */
+  STORAGE_EMULATOR_HOST: optionalText,
   GOOGLE_CLOUD_PROJECT: optionalText,
   GCLOUD_PROJECT: optionalText,
   FIRESTORE_DATABASE: optionalText,
@@ -60,6 +62,7 @@ const EnvSchema = z.object({
   SIGNED_URL_TTL_SECONDS: intInRange(60, 604800, 3600),
   MAX_BODY_BYTES: intInRange(1024, 32 * 1024 * 1024, 1024 * 1024),
   UPSTREAM_TIMEOUT_SECONDS: intInRange(5, 3600, 300),
+  IDEMPOTENCY_TTL_HOURS: intInRange(1, 24 * 30, 24),
   UPSTREAM_MAX_RETRIES: intInRange(0, 10, 2),
   LOG_LEVEL: optionalText.pipe(
     z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).optional().default('info'),
@@ -79,8 +82,15 @@ export interface Config {
     maxRetries: number;
   };
   defaultModel: ModelId;
+  idempotency: {ttlMs: number; leaseMs: number};
   storage:
-    | {kind: 'gcp'; bucket: string; projectId: string | undefined; firestoreDatabase: string}
+    | {
+        kind: 'gcp';
+        bucket: string;
+        projectId: string | undefined;
+        firestoreDatabase: string;
+        storageEndpoint: string | undefined;
+      }
     | {kind: 'local'; dataDir: string};
   /**
    * How image URLs are made: `signed` V4 URLs, `public` object URLs, or
@@ -125,12 +135,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxRetries: e.UPSTREAM_MAX_RETRIES,
     },
     defaultModel: e.DEFAULT_MODEL,
+    idempotency: {
+      ttlMs: e.IDEMPOTENCY_TTL_HOURS * 3600_000,
+      // A run holds its key for as long as it may take, plus a margin for storing.
+      leaseMs: (e.UPSTREAM_TIMEOUT_SECONDS + 60) * 1000,
+    },
     storage: e.GCS_BUCKET
       ? {
           kind: 'gcp',
           bucket: e.GCS_BUCKET,
           projectId: e.GOOGLE_CLOUD_PROJECT ?? e.GCLOUD_PROJECT,
           firestoreDatabase: e.FIRESTORE_DATABASE ?? '(default)',
+          storageEndpoint: e.STORAGE_EMULATOR_HOST?.replace(/^(?!https?:\/\/)/, 'http://'),
         }
       : {kind: 'local', dataDir: e.DATA_DIR ?? './data'},
     urls: {mode: urlMode, signedTtlSeconds: e.SIGNED_URL_TTL_SECONDS},

@@ -77,6 +77,25 @@ export interface JobPage {
   next: JobCursor | null;
 }
 
+/** A request to own an idempotency key while its job runs. */
+export interface IdempotencyClaim {
+  /** sha256 of the caller's key: keys are never stored as given. */
+  keyHash: string;
+  /** sha256 of the request's parameters: a key may not be reused for another request. */
+  fingerprint: string;
+  jobId: string;
+  /** Until then the claim is held; after it a crashed run may be taken over. */
+  leaseUntil: Date;
+  /** When the key is forgotten (Firestore TTL deletes it some time after). */
+  expiresAt: Date;
+}
+
+export type ClaimOutcome =
+  | {outcome: 'claimed'; jobId: string; recovered: boolean}
+  | {outcome: 'completed'; jobId: string}
+  | {outcome: 'in_progress'; leaseUntil: Date}
+  | {outcome: 'mismatch'};
+
 /** Jobs and images by id. */
 export interface MetadataStore {
   readonly kind: string;
@@ -90,6 +109,16 @@ export interface MetadataStore {
   deleteImage(id: string, updatedAt: string): Promise<ImageRecord | null>;
   /** Removes the job and every image record of it; null if it was not there. */
   deleteJob(id: string): Promise<JobRecord | null>;
+  /**
+   * Atomically decides what a request with this idempotency key does: run
+   * (a new key, an expired one, or a crashed run whose lease ran out), replay
+   * a completed job, wait for one in progress, or refuse a reused key.
+   */
+  claimIdempotencyKey(claim: IdempotencyClaim, now: Date): Promise<ClaimOutcome>;
+  /** Marks the key's job done, so it is replayed even if the job is later deleted. */
+  completeIdempotencyKey(keyHash: string, jobId: string): Promise<void>;
+  /** Frees a key whose job failed, so a retry runs again. */
+  releaseIdempotencyKey(keyHash: string, jobId: string): Promise<void>;
   /** Cheap round trip to prove the store answers (health checks). */
   ping(): Promise<void>;
 }

@@ -25,11 +25,16 @@ export function createServices(config: Config): Services {
       metadata: new LocalMetadataStore(config.storage.dataDir),
     };
   }
-  const {bucket, projectId, firestoreDatabase} = config.storage;
+  const {bucket, projectId, firestoreDatabase, storageEndpoint} = config.storage;
   // Required here rather than at the top: local mode never pays for loading them.
   const {Storage} = require('@google-cloud/storage') as typeof import('@google-cloud/storage');
   const firestore = require('@google-cloud/firestore') as typeof import('@google-cloud/firestore');
-  const storage = new Storage(projectId ? {projectId} : {});
+  const storageOptions = {
+    ...(projectId ? {projectId} : {}),
+    ...(storageEndpoint ? {apiEndpoint: storageEndpoint} : {}),
+  };
+  const storage = new Storage(storageOptions);
+  const readStorage = new Storage({...storageOptions, retryOptions: {autoRetry: false}});
   const db = new firestore.Firestore({
     ...(projectId ? {projectId} : {}),
     databaseId: firestoreDatabase,
@@ -39,8 +44,11 @@ export function createServices(config: Config): Services {
     provider,
     images: new GcsImageStore(
       storage.bucket(bucket),
-      // In public mode PUBLIC_BASE_URL names where objects are served from (a CDN, say).
-      config.urls.mode === 'public' && config.publicBaseUrl ? {publicBaseUrl: config.publicBaseUrl} : {},
+      {
+        readBucket: readStorage.bucket(bucket),
+        // In public mode PUBLIC_BASE_URL names where objects are served from (a CDN, say).
+        ...(config.urls.mode === 'public' && config.publicBaseUrl ? {publicBaseUrl: config.publicBaseUrl} : {}),
+      },
     ),
     metadata: new FirestoreMetadataStore(db, firestore.FieldPath),
   };

@@ -90,6 +90,9 @@ mkdirSync(resultsDir, {recursive: true});
 const jest = spawnSync(
   process.execPath,
   [
+    // The storage and auth clients load node-fetch with a dynamic import(), which
+    // jest's module sandbox only allows with this flag.
+    '--experimental-vm-modules',
     join(root, 'node_modules/jest/bin/jest.js'),
     '--maxWorkers=2',
     '--json',

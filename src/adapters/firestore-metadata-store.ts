@@ -1,8 +1,18 @@
-import type {Firestore} from '@google-cloud/firestore';
+import type {Firestore, Timestamp} from '@google-cloud/firestore';
+import {decideClaim, type IdempotencyState} from './idempotency-rules';
 import type {ImageRecord, JobRecord} from '../domain/records';
-import type {JobPage, JobQuery, MetadataStore} from '../ports';
+import type {ClaimOutcome, IdempotencyClaim, JobPage, JobQuery, MetadataStore} from '../ports';
 
-export const COLLECTIONS = {jobs: 'jobs', images: 'images'} as const;
+export const COLLECTIONS = {jobs: 'jobs', images: 'images', idempotency: 'idempotency'} as const;
+
+interface IdempotencyDoc {
+  fingerprint: string;
+  job_id: string;
+  lease_until: Timestamp;
+  /** A Timestamp, so a Firestore TTL policy on this field deletes old keys. */
+  expires_at: Timestamp;
+  completed: boolean;
+}
 
 /**
  * Jobs and images in Firestore: `jobs/<id>` holds the job with its images, and
@@ -87,6 +97,50 @@ export class FirestoreMetadataStore implements MetadataStore {
       tx.delete(this.jobRef(id));
       for (const image of job.images) tx.delete(this.imageRef(image.id));
       return job;
+    });
+  }
+
+  claimIdempotencyKey(claim: IdempotencyClaim, now: Date): Promise<ClaimOutcome> {
+    const ref = this.db.collection(COLLECTIONS.idempotency).doc(claim.keyHash);
+    return this.db.runTransaction(async tx => {
+      const snapshot = await tx.get(ref);
+      const doc = snapshot.exists ? (snapshot.data() as IdempotencyDoc) : null;
+      const existing: IdempotencyState | null = doc && {
+        fingerprint: doc.fingerprint,
+        jobId: doc.job_id,
+        leaseUntil: doc.lease_until.toDate(),
+        expiresAt: doc.expires_at.toDate(),
+        completed: doc.completed,
+      };
+      const jobExists = existing ? (await tx.get(this.jobRef(existing.jobId))).exists : false;
+      const {result, write} = decideClaim(existing, jobExists, claim, now);
+      if (write) {
+        tx.set(ref, {
+          fingerprint: write.fingerprint,
+          job_id: write.jobId,
+          lease_until: write.leaseUntil,
+          expires_at: write.expiresAt,
+          completed: false,
+        });
+      }
+      return result;
+    });
+  }
+
+  async completeIdempotencyKey(keyHash: string, jobId: string): Promise<void> {
+    const ref = this.db.collection(COLLECTIONS.idempotency).doc(keyHash);
+    await this.db.runTransaction(async tx => {
+      const snapshot = await tx.get(ref);
+      if (snapshot.exists && (snapshot.data() as IdempotencyDoc).job_id === jobId) tx.update(ref, {completed: true});
+    });
+  }
+
+  async releaseIdempotencyKey(keyHash: string, jobId: string): Promise<void> {
+    const ref = this.db.collection(COLLECTIONS.idempotency).doc(keyHash);
+    await this.db.runTransaction(async tx => {
+      const snapshot = await tx.get(ref);
+      const doc = snapshot.exists ? (snapshot.data() as IdempotencyDoc) : null;
+      if (doc && doc.job_id === jobId && !doc.completed) tx.delete(ref);
     });
   }
 

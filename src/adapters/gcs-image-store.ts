@@ -5,6 +5,13 @@ import type {ImageStore, StoredObjectInfo} from '../ports';
 /** Objects are immutable once written (ids are never reused), so caches may keep them for good. */
 const IMMUTABLE_CACHE_CONTROL = 'public, max-age=31536000, immutable';
 
+const READ_ATTEMPTS = 3;
+
+function isRetryable(error: unknown): boolean {
+  const status = statusOf(error);
+  return status === undefined || status === 408 || status === 429 || status >= 500;
+}
+
 function statusOf(error: unknown): number | undefined {
   const code = (error as {code?: unknown} | undefined)?.code;
   return typeof code === 'number' ? code : undefined;
@@ -15,6 +22,8 @@ export interface GcsImageStoreOptions {
   signingEndpoint?: string;
   /** Base for public URLs, e.g. a CDN in front of the bucket. */
   publicBaseUrl?: string;
+  /** The same bucket through a client with automatic retries off, for downloads. */
+  readBucket?: Bucket;
 }
 
 /** Image bytes in a Cloud Storage bucket. */
@@ -67,8 +76,26 @@ export class GcsImageStore implements ImageStore {
     }
   }
 
+  /**
+   * Streams the object. The client's own retries are off for downloads (a
+   * retried streamed download can fail with an unhandled rejection, which
+   * would end the instance), so we retry here, and only until the response
+   * headers arrive, before any byte has gone to our caller.
+   */
   async read(objectPath: string): Promise<Readable | null> {
-    const stream = this.bucket.file(objectPath).createReadStream();
+    const bucket = this.options.readBucket ?? this.bucket;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.openOnce(bucket, objectPath);
+      } catch (error) {
+        if (attempt >= READ_ATTEMPTS || !isRetryable(error)) throw error;
+        await new Promise(resolve => setTimeout(resolve, 100 * 2 ** attempt * (0.5 + Math.random())));
+      }
+    }
+  }
+
+  private openOnce(bucket: Bucket, objectPath: string): Promise<Readable | null> {
+    const stream = bucket.file(objectPath).createReadStream();
     // Wait for the response headers so a missing object is a null, not a broken stream.
     return new Promise<Readable | null>((resolve, reject) => {
       const onError = (error: unknown) => {
@@ -83,6 +110,7 @@ export class GcsImageStore implements ImageStore {
         stream.off('error', onError);
         resolve(stream);
       });
+      stream.read(0); // the client starts the request on the first read
     });
   }
 

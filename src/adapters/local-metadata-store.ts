@@ -1,7 +1,8 @@
 import {promises as fs} from 'node:fs';
 import * as path from 'node:path';
 import type {ImageRecord, JobRecord} from '../domain/records';
-import type {JobPage, JobQuery, MetadataStore} from '../ports';
+import type {ClaimOutcome, IdempotencyClaim, JobPage, JobQuery, MetadataStore} from '../ports';
+import {decideClaim} from './idempotency-rules';
 import {
   KeyedMutex,
   createExclusive,
@@ -18,6 +19,14 @@ interface ImageIndexEntry {
   job_id: string;
 }
 
+interface IdempotencyFile {
+  fingerprint: string;
+  job_id: string;
+  lease_until: string;
+  expires_at: string;
+  completed: boolean;
+}
+
 /**
  * Jobs and images on the local disk. The job file (`jobs/<id>.json`, images
  * included) is the record; `images/<id>.json` only points from an image to its
@@ -27,6 +36,7 @@ export class LocalMetadataStore implements MetadataStore {
   readonly kind = 'local';
   private readonly root: string;
   private readonly jobLocks = new KeyedMutex();
+  private readonly keyLocks = new KeyedMutex();
 
   constructor(dataDir: string) {
     this.root = path.resolve(dataDir, 'records');
@@ -110,12 +120,74 @@ export class LocalMetadataStore implements MetadataStore {
     });
   }
 
+  /**
+   * A new key is taken with an exclusive create, so two processes sharing the
+   * data directory cannot both win; takeovers of expired or crashed claims
+   * are serialised within this process.
+   */
+  claimIdempotencyKey(claim: IdempotencyClaim, now: Date): Promise<ClaimOutcome> {
+    return this.keyLocks.run(claim.keyHash, async () => {
+      const file = this.idempotencyPath(claim.keyHash);
+      for (;;) {
+        const stored = await readJson<IdempotencyFile>(file);
+        const existing = stored && {
+          fingerprint: stored.fingerprint,
+          jobId: stored.job_id,
+          leaseUntil: new Date(stored.lease_until),
+          expiresAt: new Date(stored.expires_at),
+          completed: stored.completed,
+        };
+        const jobExists = existing ? (await this.getJob(existing.jobId)) !== null : false;
+        const {result, write} = decideClaim(existing, jobExists, claim, now);
+        if (!write) return result;
+        const record: IdempotencyFile = {
+          fingerprint: write.fingerprint,
+          job_id: write.jobId,
+          lease_until: write.leaseUntil.toISOString(),
+          expires_at: write.expiresAt.toISOString(),
+          completed: false,
+        };
+        if (existing) {
+          await replaceAtomically(file, JSON.stringify(record));
+          return result;
+        }
+        try {
+          await createExclusive(file, JSON.stringify(record));
+          return result;
+        } catch (error) {
+          if (!isAlreadyExists(error)) throw error;
+          // Another process claimed it first: decide again on what it wrote.
+        }
+      }
+    });
+  }
+
+  completeIdempotencyKey(keyHash: string, jobId: string): Promise<void> {
+    return this.keyLocks.run(keyHash, async () => {
+      const file = this.idempotencyPath(keyHash);
+      const stored = await readJson<IdempotencyFile>(file);
+      if (stored?.job_id === jobId) await replaceAtomically(file, JSON.stringify({...stored, completed: true}));
+    });
+  }
+
+  releaseIdempotencyKey(keyHash: string, jobId: string): Promise<void> {
+    return this.keyLocks.run(keyHash, async () => {
+      const file = this.idempotencyPath(keyHash);
+      const stored = await readJson<IdempotencyFile>(file);
+      if (stored?.job_id === jobId && !stored.completed) await removeFile(file);
+    });
+  }
+
   async ping(): Promise<void> {
     await fs.mkdir(this.root, {recursive: true});
   }
 
   private jobPath(id: string): string {
     return resolveInside(this.root, `jobs/${id}.json`);
+  }
+
+  private idempotencyPath(keyHash: string): string {
+    return resolveInside(this.root, `idempotency/${keyHash}.json`);
   }
 
   private imageIndexPath(id: string): string {

@@ -9,6 +9,9 @@ import {
   type OutputFormat,
 } from './models';
 
+/** Idempotency keys: what fits in an HTTP header without escaping. */
+export const IDEMPOTENCY_KEY_FORMAT = /^[\x21-\x7e]{1,255}$/;
+
 /** Control characters other than tab, newline and carriage return. */
 // eslint-disable-next-line no-control-regex
 const CONTROL_CHARS = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/;
@@ -45,6 +48,15 @@ const generationParams = {
   moderation: z.enum(['low', 'auto']).optional(),
   user: z.string().min(1).max(256).optional().describe('End-user id passed to OpenAI.'),
   metadata: JobMetadataSchema.optional(),
+  allow_partial: z
+    .boolean()
+    .optional()
+    .describe('With count > 1: complete with the images that succeeded and report the failed calls.'),
+  idempotency_key: z
+    .string()
+    .regex(IDEMPOTENCY_KEY_FORMAT, '1-255 printable ASCII characters without spaces')
+    .optional()
+    .describe('Same as the Idempotency-Key header, for callers that cannot set headers.'),
 };
 
 export const GenerateRequestSchema = z
@@ -75,6 +87,8 @@ export interface GenerateCommand {
   moderation?: 'low' | 'auto';
   user?: string;
   metadata: Record<string, string>;
+  allowPartial: boolean;
+  idempotencyKey?: string;
   source: 'legacy' | 'generate';
 }
 
@@ -214,8 +228,10 @@ function checkModelRules(
     model,
     size,
     metadata: raw.metadata ?? {},
+    allowPartial: raw.allow_partial ?? false,
     source,
   };
+  if (raw.idempotency_key !== undefined) command.idempotencyKey = raw.idempotency_key;
   if (raw.quality !== undefined) command.quality = raw.quality;
   if (raw.style !== undefined) command.style = raw.style;
   if (raw.background !== undefined) command.background = raw.background;

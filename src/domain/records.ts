@@ -22,7 +22,16 @@ export interface ImageRecord {
   created_at: string;
 }
 
-export type JobStatus = 'completed';
+/** `partial`: some upstream calls failed and `allow_partial` was set; see `failures`. */
+export type JobStatus = 'completed' | 'partial';
+
+/** An upstream call of a partial job that produced no images. */
+export interface JobFailure {
+  first_index: number;
+  count: number;
+  code: string;
+  error: string;
+}
 
 /** The parameters a job was run with, in the request's own vocabulary. */
 export interface JobParameters {
@@ -36,6 +45,7 @@ export interface JobParameters {
   output_compression: number | null;
   moderation: string | null;
   user: string | null;
+  allow_partial: boolean;
 }
 
 export interface JobRecord {
@@ -48,6 +58,7 @@ export interface JobRecord {
   usage: Usage;
   /** Kept in the job as well as under their own ids, so a job is one read. */
   images: ImageRecord[];
+  failures: JobFailure[];
   created_at: string;
   updated_at: string;
   completed_at: string | null;

@@ -10,6 +10,7 @@ import type {RouteHandler} from './handlers';
 import {openApiDocument} from './openapi';
 import type {ParsedRequest} from './request-body';
 import {imageLinker} from './urls';
+import {IdempotentGenerator} from '../usecases/idempotent-generate';
 
 type Method = 'GET' | 'HEAD' | 'POST' | 'DELETE';
 
@@ -54,6 +55,8 @@ function decodeParam(value: string): string {
 export function createApp(options: AppOptions): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   const {config, logger} = options;
   const projectId = config.storage.kind === 'gcp' ? config.storage.projectId : undefined;
+  let generator: IdempotentGenerator | undefined;
+  const getGenerator = () => (generator ??= new IdempotentGenerator(options.services(), config.idempotency));
 
   return async (req, res) => {
     const started = performance.now();
@@ -82,6 +85,7 @@ export function createApp(options: AppOptions): (req: IncomingMessage, res: Serv
         log,
         labels,
         links: imageLinker(config, services.images, req),
+        generator: getGenerator,
       });
     } catch (error) {
       failure = toAppError(error);

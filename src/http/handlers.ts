@@ -2,10 +2,10 @@ import {pipeline} from 'node:stream/promises';
 import type {ServerResponse} from 'node:http';
 import type {Config} from '../config';
 import {AppError} from '../errors';
-import {parseGenerateRequest} from '../domain/generate-request';
+import {IDEMPOTENCY_KEY_FORMAT, parseGenerateRequest} from '../domain/generate-request';
 import type {Logger} from '../logger';
 import type {Services} from '../services';
-import {generateImages} from '../usecases/generate';
+import type {IdempotentGenerator} from '../usecases/idempotent-generate';
 import {deleteImage, deleteJob, findImage, findJob, listJobs, openImage} from '../usecases/images';
 import {sendJson} from './error-response';
 import {imageView, jobView} from './presenters';
@@ -24,6 +24,7 @@ export interface RequestContext {
   /** Labels for the access log line (job and image ids, upstream time). */
   labels: Record<string, string>;
   links: ImageLinker;
+  generator: () => IdempotentGenerator;
 }
 
 export type RouteHandler = (ctx: RequestContext) => Promise<void>;
@@ -46,6 +47,16 @@ export const generate: RouteHandler = async ctx => {
   const parsed = parseGenerateRequest(body, config.defaultModel);
   if (!parsed.ok) throw validationError(parsed.problems);
   const command = parsed.command;
+  const headerKey = ctx.req.headers['idempotency-key'];
+  if (headerKey !== undefined) {
+    if (typeof headerKey !== 'string' || !IDEMPOTENCY_KEY_FORMAT.test(headerKey)) {
+      throw validationError([{field: 'Idempotency-Key', message: '1-255 printable ASCII characters without spaces'}]);
+    }
+    if (command.idempotencyKey !== undefined && command.idempotencyKey !== headerKey) {
+      throw validationError([{field: 'idempotency_key', message: 'differs from the Idempotency-Key header'}]);
+    }
+    command.idempotencyKey = headerKey;
+  }
   if (!services.provider.configured) {
     throw new AppError(
       'SERVICE_ERROR',
@@ -61,7 +72,8 @@ export const generate: RouteHandler = async ctx => {
     },
     'generation started',
   );
-  const job = await generateImages(services, command);
+  const {job, replayed} = await ctx.generator().generate(command);
+  if (replayed) ctx.res.setHeader('Idempotent-Replayed', 'true');
   ctx.labels.job_id = job.id;
   ctx.labels.image_ids = job.images.map(image => image.id).join(',');
   ctx.labels.upstream_ms = String(job.upstream_ms);

@@ -8,6 +8,7 @@ import {
   HealthSchema,
   ImageUrlSchema,
   ImageViewSchema,
+  JobFailureSchema,
   JobListSchema,
   JobParametersSchema,
   JobViewSchema,
@@ -47,6 +48,7 @@ function buildDocument(): Record<string, unknown> {
     LegacyRequestSchema,
     ImageViewSchema,
     JobParametersSchema,
+    JobFailureSchema,
     JobViewSchema,
     JobListSchema,
     ImageUrlSchema,
@@ -121,7 +123,7 @@ function buildDocument(): Record<string, unknown> {
           parameters: [
             {name: 'limit', in: 'query', schema: {type: 'integer', minimum: 1, maximum: 100, default: 20}},
             {name: 'cursor', in: 'query', schema: {type: 'string'}, description: '`next_cursor` of the previous page.'},
-            {name: 'status', in: 'query', schema: {type: 'string', enum: ['completed']}},
+            {name: 'status', in: 'query', schema: {type: 'string', enum: ['completed', 'partial']}},
             {
               name: 'metadata.{key}',
               in: 'query',

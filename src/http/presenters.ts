@@ -25,6 +25,7 @@ export async function jobView(job: JobRecord, links: ImageLinker): Promise<JobVi
     status: job.status,
     image_url: images[0]?.url ?? null,
     images,
+    failures: job.failures.map(f => ({...f, code: f.code as JobView['failures'][number]['code']})),
     usage: job.usage,
     prompt: job.prompt,
     parameters: job.parameters,

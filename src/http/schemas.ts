@@ -37,15 +37,26 @@ export const JobParametersSchema = z
     output_compression: z.int().nullable(),
     moderation: z.string().nullable(),
     user: z.string().nullable(),
+    allow_partial: z.boolean(),
   })
   .meta({id: 'JobParameters'});
+
+export const JobFailureSchema = z
+  .object({
+    first_index: z.int().nonnegative(),
+    count: z.int().positive(),
+    code: z.enum(ERROR_CODES),
+    error: z.string(),
+  })
+  .meta({id: 'JobFailure', description: 'An upstream call of a partial job that made no images.'});
 
 export const JobViewSchema = z
   .object({
     job_id: z.uuid(),
-    status: z.enum(['completed']),
+    status: z.enum(['completed', 'partial']).describe('`partial`: see `failures` (only with allow_partial).'),
     image_url: z.string().nullable().describe('URL of the first image; null once every image is deleted.'),
     images: z.array(ImageViewSchema),
+    failures: z.array(JobFailureSchema),
     usage: z.record(z.string(), z.unknown()).nullable().describe('Token usage as OpenAI reports it (GPT image models).'),
     prompt: z.string(),
     parameters: JobParametersSchema,
@@ -112,7 +123,7 @@ export const ListJobsQuerySchema = z
       .pipe(z.int().min(1, 'must be at least 1').max(100, 'must be at most 100'))
       .optional(),
     cursor: z.string().max(512).optional(),
-    status: z.enum(['completed']).optional(),
+    status: z.enum(['completed', 'partial']).optional(),
   })
   .catchall(z.string().max(512));
 

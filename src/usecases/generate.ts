@@ -3,7 +3,7 @@ import {AppError, isAppError} from '../errors';
 import type {GenerateCommand} from '../domain/generate-request';
 import {MODELS, splitIntoCalls} from '../domain/models';
 import {inspectImage} from '../domain/image-info';
-import type {ImageRecord, JobRecord, Usage} from '../domain/records';
+import type {ImageRecord, JobFailure, JobRecord, Usage} from '../domain/records';
 import type {ImageProvider, ImageStore, MetadataStore, ProviderRequest} from '../ports';
 
 export interface GenerateDeps {
@@ -13,100 +13,140 @@ export interface GenerateDeps {
   now?: () => Date;
 }
 
+export interface GenerateOptions {
+  /** Fixed up front when the job is claimed under an idempotency key. */
+  jobId?: string;
+  signal?: AbortSignal;
+}
+
 /** Where an image's bytes live; ids are ours, never the caller's. */
 export function objectPathFor(jobId: string, index: number, imageId: string, extension: string): string {
   return `images/${jobId}/${String(index).padStart(3, '0')}-${imageId}.${extension}`;
+}
+
+export function jobPrefix(jobId: string): string {
+  return `images/${jobId}/`;
+}
+
+interface CallOutcome {
+  firstIndex: number;
+  count: number;
+  usage: Usage;
+  upstreamMs: number;
 }
 
 /**
  * Runs one generation job: upstream calls in parallel, every image stored as
  * soon as it arrives, then the job and image records in one atomic write.
  * Objects are written before records, so a record never points at a missing
- * object; on any failure the objects this job wrote are removed again.
+ * object; on failure the objects this job wrote are removed again. With
+ * `allowPartial`, failed calls are reported in the job instead, as long as at
+ * least one image was made.
  */
 export async function generateImages(
   deps: GenerateDeps,
   command: GenerateCommand,
-  signal?: AbortSignal,
+  options: GenerateOptions = {},
 ): Promise<JobRecord> {
   const now = deps.now ?? (() => new Date());
-  const jobId = randomUUID();
+  const jobId = options.jobId ?? randomUUID();
   const createdAt = now().toISOString();
-  const rules = MODELS[command.model];
-  const calls = splitIntoCalls(command.count, rules.maxImagesPerCall);
+  const calls = splitIntoCalls(command.count, MODELS[command.model].maxImagesPerCall);
 
-  // First failure cancels the calls still in flight; their cost is sunk either way,
-  // but the caller gets an answer sooner and no further work is stored.
+  // Without allowPartial the first failure cancels the calls still in flight:
+  // the caller gets an answer sooner and nothing more is stored.
   const abort = new AbortController();
-  const callSignal = signal ? AbortSignal.any([signal, abort.signal]) : abort.signal;
-  const writtenPaths: string[] = [];
-  const images: ImageRecord[] = new Array<ImageRecord>(command.count);
-  const usages: Usage[] = [];
-  let upstreamMs = 0;
+  const callSignal = options.signal ? AbortSignal.any([options.signal, abort.signal]) : abort.signal;
+  const images: (ImageRecord | undefined)[] = new Array(command.count);
 
-  const runCall = async (n: number, firstIndex: number): Promise<void> => {
+  const runCall = async (n: number, firstIndex: number): Promise<CallOutcome> => {
     const started = performance.now();
     const result = await deps.provider.generate(providerRequest(command, n), callSignal);
-    upstreamMs = Math.max(upstreamMs, performance.now() - started);
-    usages.push(result.usage);
-    await Promise.all(
-      result.images.map(async (generated, offset) => {
-        const index = firstIndex + offset;
-        const info = inspectImage(generated.data);
-        if (!info) throw new AppError('UPSTREAM_ERROR', 'OpenAI returned data that is not a PNG, JPEG or WebP image');
-        const id = randomUUID();
-        const path = objectPathFor(jobId, index, id, info.extension);
-        callSignal.throwIfAborted();
-        writtenPaths.push(path);
-        await deps.images
-          .put(path, generated.data, {
-            contentType: info.contentType,
-            metadata: {sha256: info.sha256, job_id: jobId, image_id: id, model: command.model},
-          })
-          .catch(error => {
-            throw storageError('Could not store a generated image', error);
-          });
-        images[index] = {
-          id,
-          job_id: jobId,
-          index,
-          object_path: path,
-          content_type: info.contentType,
-          bytes: info.bytes,
-          sha256: info.sha256,
-          width: info.width,
-          height: info.height,
-          model: command.model,
-          size: command.size,
-          prompt: command.prompt,
-          revised_prompt: generated.revisedPrompt,
-          created_at: now().toISOString(),
-        };
-      }),
-    );
+    const upstreamMs = performance.now() - started;
+    const written: string[] = [];
+    try {
+      await Promise.all(
+        result.images.map(async (generated, offset) => {
+          const index = firstIndex + offset;
+          const info = inspectImage(generated.data);
+          if (!info) throw new AppError('UPSTREAM_ERROR', 'OpenAI returned data that is not a PNG, JPEG or WebP image');
+          const id = randomUUID();
+          const path = objectPathFor(jobId, index, id, info.extension);
+          callSignal.throwIfAborted();
+          written.push(path);
+          await deps.images
+            .put(path, generated.data, {
+              contentType: info.contentType,
+              metadata: {sha256: info.sha256, job_id: jobId, image_id: id, model: command.model},
+            })
+            .catch(error => {
+              throw storageError('Could not store a generated image', error);
+            });
+          images[index] = {
+            id,
+            job_id: jobId,
+            index,
+            object_path: path,
+            content_type: info.contentType,
+            bytes: info.bytes,
+            sha256: info.sha256,
+            width: info.width,
+            height: info.height,
+            model: command.model,
+            size: command.size,
+            prompt: command.prompt,
+            revised_prompt: generated.revisedPrompt,
+            created_at: now().toISOString(),
+          };
+        }),
+      );
+    } catch (error) {
+      // Wait for this call's other uploads, then take back what it wrote.
+      await removeObjects(deps.images, written);
+      for (let i = firstIndex; i < firstIndex + n; i++) images[i] = undefined;
+      throw error;
+    }
+    return {firstIndex, count: n, usage: result.usage, upstreamMs};
   };
 
   let firstIndex = 0;
   const work = calls.map(n => {
     const call = runCall(n, firstIndex).catch(error => {
-      abort.abort(error);
+      if (!command.allowPartial) abort.abort(error);
       throw error;
     });
     firstIndex += n;
     return call;
   });
-  // Wait for every call to settle, so no upload lands after the clean-up below.
+  // Wait for every call to settle, so no upload lands after a clean-up.
   const settled = await Promise.allSettled(work);
-  const failure = settled.find(s => s.status === 'rejected');
-  if (failure) {
-    await removeObjects(deps.images, writtenPaths);
-    throw failure.reason;
+  const succeeded = settled.flatMap(s => (s.status === 'fulfilled' ? [s.value] : []));
+  const failed = settled.flatMap((s, i) => (s.status === 'rejected' ? [{call: i, reason: s.reason as unknown}] : []));
+  const stored = images.filter((image): image is ImageRecord => image !== undefined);
+
+  if (failed.length > 0 && (!command.allowPartial || stored.length === 0)) {
+    await removeObjects(
+      deps.images,
+      stored.map(image => image.object_path),
+    );
+    throw pickError(failed.map(f => f.reason));
   }
+
+  let offset = 0;
+  const callStarts = calls.map(n => {
+    const start = offset;
+    offset += n;
+    return start;
+  });
+  const failures: JobFailure[] = failed.map(({call, reason}) => {
+    const error = isAppError(reason) ? reason : storageError('Generation failed', reason);
+    return {first_index: callStarts[call]!, count: calls[call]!, code: error.code, error: error.message};
+  });
 
   const completedAt = now().toISOString();
   const job: JobRecord = {
     id: jobId,
-    status: 'completed',
+    status: failures.length > 0 ? 'partial' : 'completed',
     prompt: command.prompt,
     source: command.source,
     parameters: {
@@ -120,22 +160,38 @@ export async function generateImages(
       output_compression: command.outputCompression ?? null,
       moderation: command.moderation ?? null,
       user: command.user ?? null,
+      allow_partial: command.allowPartial,
     },
     metadata: command.metadata,
-    usage: sumUsage(usages),
-    images,
+    usage: sumUsage(succeeded.map(s => s.usage)),
+    images: stored,
+    failures,
     created_at: createdAt,
     updated_at: completedAt,
     completed_at: completedAt,
-    upstream_ms: Math.round(upstreamMs),
+    upstream_ms: Math.round(Math.max(0, ...succeeded.map(s => s.upstreamMs))),
   };
   try {
     await deps.metadata.saveJob(job);
   } catch (error) {
-    await removeObjects(deps.images, writtenPaths);
+    await removeObjects(
+      deps.images,
+      stored.map(image => image.object_path),
+    );
     throw storageError('Could not record the job', error);
   }
   return job;
+}
+
+/** The most useful error to report when calls failed differently: the caller's fault first. */
+function pickError(reasons: unknown[]): unknown {
+  const rank = (reason: unknown) => {
+    if (!isAppError(reason)) return 9;
+    const order = ['CONTENT_POLICY_VIOLATION', 'VALIDATION_ERROR', 'RATE_LIMIT_EXCEEDED', 'SERVICE_ERROR'];
+    const position = order.indexOf(reason.code);
+    return position === -1 ? order.length : position;
+  };
+  return [...reasons].sort((a, b) => rank(a) - rank(b))[0];
 }
 
 function providerRequest(command: GenerateCommand, n: number): ProviderRequest {
@@ -154,8 +210,8 @@ export function storageError(message: string, cause: unknown): AppError {
   return isAppError(cause) ? cause : new AppError('STORAGE_ERROR', message, {cause});
 }
 
-/** Best effort: a failure here is logged by the caller's error, not raised over it. */
-async function removeObjects(store: ImageStore, paths: string[]): Promise<void> {
+/** Best effort: the error that led here is the one reported, not a clean-up failure. */
+export async function removeObjects(store: ImageStore, paths: string[]): Promise<void> {
   await Promise.allSettled(paths.map(path => store.delete(path)));
 }
 

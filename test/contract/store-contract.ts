@@ -164,6 +164,78 @@ export function metadataStoreContract(name: string, create: () => Promise<Metada
       expect(await store.deleteJob(job.id)).toBeNull();
     });
 
+    describe('idempotency keys', () => {
+      const minute = 60_000;
+      const claim = (keyHash: string, now: Date, overrides: Partial<{fingerprint: string; jobId: string; leaseMs: number}> = {}) => ({
+        keyHash,
+        fingerprint: overrides.fingerprint ?? 'f1',
+        jobId: overrides.jobId ?? randomUUID(),
+        leaseUntil: new Date(now.getTime() + (overrides.leaseMs ?? minute)),
+        expiresAt: new Date(now.getTime() + 60 * minute),
+      });
+
+      test('the first claim wins; a duplicate sees it in progress; another fingerprint is a mismatch', async () => {
+        const key = randomUUID();
+        const now = new Date();
+        const first = claim(key, now);
+        expect(await store.claimIdempotencyKey(first, now)).toEqual({outcome: 'claimed', jobId: first.jobId, recovered: false});
+        expect(await store.claimIdempotencyKey(claim(key, now), now)).toEqual({outcome: 'in_progress', leaseUntil: first.leaseUntil});
+        expect(await store.claimIdempotencyKey(claim(key, now, {fingerprint: 'f2'}), now)).toEqual({outcome: 'mismatch'});
+      });
+
+      test('concurrent claims of one key: exactly one wins', async () => {
+        const key = randomUUID();
+        const now = new Date();
+        const results = await Promise.all(Array.from({length: 8}, () => store.claimIdempotencyKey(claim(key, now), now)));
+        expect(results.filter(r => r.outcome === 'claimed')).toHaveLength(1);
+        expect(results.filter(r => r.outcome === 'in_progress')).toHaveLength(7);
+      });
+
+      test('a saved job makes the key replay it, even after its lease ran out', async () => {
+        const key = randomUUID();
+        const now = new Date();
+        const first = claim(key, now);
+        await store.claimIdempotencyKey(first, now);
+        await store.saveJob(makeJob({id: first.jobId}, 1));
+        const later = new Date(now.getTime() + 2 * minute);
+        expect(await store.claimIdempotencyKey(claim(key, later), later)).toEqual({outcome: 'completed', jobId: first.jobId});
+      });
+
+      test('a completed key replays even after its job is deleted', async () => {
+        const key = randomUUID();
+        const now = new Date();
+        const first = claim(key, now);
+        await store.claimIdempotencyKey(first, now);
+        await store.saveJob(makeJob({id: first.jobId}, 1));
+        await store.completeIdempotencyKey(key, first.jobId);
+        await store.deleteJob(first.jobId);
+        expect(await store.claimIdempotencyKey(claim(key, now), now)).toEqual({outcome: 'completed', jobId: first.jobId});
+      });
+
+      test('a run whose lease ran out is taken over under the same job id', async () => {
+        const key = randomUUID();
+        const now = new Date();
+        const first = claim(key, now, {leaseMs: 1000});
+        await store.claimIdempotencyKey(first, now);
+        const later = new Date(now.getTime() + 5000);
+        expect(await store.claimIdempotencyKey(claim(key, later), later)).toEqual({outcome: 'claimed', jobId: first.jobId, recovered: true});
+        expect(await store.claimIdempotencyKey(claim(key, later), later)).toMatchObject({outcome: 'in_progress'});
+      });
+
+      test('a released key can be claimed again; an expired key is forgotten', async () => {
+        const key = randomUUID();
+        const now = new Date();
+        const first = claim(key, now);
+        await store.claimIdempotencyKey(first, now);
+        await store.releaseIdempotencyKey(key, first.jobId);
+        const second = claim(key, now, {fingerprint: 'other'});
+        expect(await store.claimIdempotencyKey(second, now)).toEqual({outcome: 'claimed', jobId: second.jobId, recovered: false});
+        const muchLater = new Date(now.getTime() + 120 * minute);
+        const third = claim(key, muchLater, {fingerprint: 'third'});
+        expect(await store.claimIdempotencyKey(third, muchLater)).toEqual({outcome: 'claimed', jobId: third.jobId, recovered: false});
+      });
+    });
+
     test('ping answers', async () => {
       await expect(store.ping()).resolves.toBeUndefined();
     });

@@ -23,7 +23,19 @@ describe('loadConfig', () => {
 
   test('GCS_BUCKET switches to Cloud Storage and Firestore', () => {
     const config = loadConfig({GCS_BUCKET: 'my-images', GOOGLE_CLOUD_PROJECT: 'proj', FIRESTORE_DATABASE: 'imagegen'});
-    expect(config.storage).toEqual({kind: 'gcp', bucket: 'my-images', projectId: 'proj', firestoreDatabase: 'imagegen'});
+    expect(config.storage).toEqual({kind: 'gcp', bucket: 'my-images', projectId: 'proj', firestoreDatabase: 'imagegen', storageEndpoint: undefined});
+    expect(config.urls.mode).toBe('signed');
+  });
+
+  test('a storage emulator host becomes an explicit endpoint', () => {
+    const config = loadConfig({GCS_BUCKET: 'bkt', STORAGE_EMULATOR_HOST: '127.0.0.1:9023'});
+    expect(config.storage.kind === 'gcp' && config.storage.storageEndpoint).toBe('http://127.0.0.1:9023');
+  });
+
+  test('URL modes other than proxy need a bucket', () => {
+    expect(() => loadConfig({URL_MODE: 'signed'})).toThrow(/URL_MODE: 'signed' needs GCS_BUCKET/);
+    expect(loadConfig({}).urls).toEqual({mode: 'proxy', signedTtlSeconds: 3600});
+    expect(() => loadConfig({SIGNED_URL_TTL_SECONDS: '604801'})).toThrow(/SIGNED_URL_TTL_SECONDS/);
   });
 
   test('empty strings count as unset', () => {

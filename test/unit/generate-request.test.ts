@@ -11,7 +11,7 @@ describe('parseGenerateRequest', () => {
     const result = parseGenerateRequest({input: {body: {prompt_image: '  a sunset  '}}}, 'gpt-image-1.5');
     expect(result).toEqual({
       ok: true,
-      command: {prompt: 'a sunset', count: 1, model: 'gpt-image-1.5', size: '1024x1024', metadata: {}, source: 'legacy'},
+      command: {prompt: 'a sunset', count: 1, model: 'gpt-image-1.5', size: '1024x1024', metadata: {}, allowPartial: false, source: 'legacy'},
     });
   });
 
@@ -44,6 +44,7 @@ describe('parseGenerateRequest', () => {
       moderation: 'low',
       user: 'u-1',
       metadata: {order: '42'},
+      allowPartial: false,
       source: 'generate',
     });
   });

@@ -1,0 +1,51 @@
+import {GcsImageStore} from '../../src/adapters/gcs-image-store';
+import {startGcsTestServer, storageClientFor, type GcsTestServer} from '../support/gcs-server';
+import {imageStoreContract} from './store-contract';
+
+describe('Cloud Storage (GCS JSON-API test server)', () => {
+  let server: GcsTestServer;
+  beforeAll(async () => {
+    server = await startGcsTestServer({buckets: ['contract-bucket']});
+  });
+  afterAll(() => server.close());
+
+  imageStoreContract('Cloud Storage', () => new GcsImageStore(storageClientFor(server).bucket('contract-bucket')));
+
+  test('objects carry an immutable Cache-Control', async () => {
+    const store = new GcsImageStore(storageClientFor(server).bucket('contract-bucket'));
+    await store.put('images/cache/000-a.png', Buffer.from('x'), {contentType: 'image/png', metadata: {}});
+    expect(server.getObject('contract-bucket', 'images/cache/000-a.png')?.cacheControl).toBe(
+      'public, max-age=31536000, immutable',
+    );
+  });
+});
+
+describe('Cloud Storage reads under faults', () => {
+  let server: GcsTestServer;
+  beforeAll(async () => {
+    server = await startGcsTestServer({buckets: ['read-faults']});
+  });
+  afterAll(() => server.close());
+
+  function store(): GcsImageStore {
+    const bucket = storageClientFor(server).bucket('read-faults');
+    return new GcsImageStore(bucket, {readBucket: bucket});
+  }
+
+  test('a transient download failure is retried before any byte is served', async () => {
+    const s = store();
+    await s.put('images/r/000-a.png', Buffer.from('payload'), {contentType: 'image/png', metadata: {}});
+    server.injectFault({op: 'download', status: 503}, {times: 2});
+    const stream = await s.read('images/r/000-a.png');
+    const chunks: Buffer[] = [];
+    for await (const chunk of stream!) chunks.push(Buffer.from(chunk as Buffer));
+    expect(Buffer.concat(chunks).toString()).toBe('payload');
+  });
+
+  test('a download that keeps failing rejects instead of crashing the process', async () => {
+    const s = store();
+    await s.put('images/r/001-b.png', Buffer.from('payload'), {contentType: 'image/png', metadata: {}});
+    server.injectFault({op: 'download', status: 503}, {times: 3});
+    await expect(s.read('images/r/001-b.png')).rejects.toMatchObject({code: 503});
+  });
+});

@@ -1,0 +1,145 @@
+import {createHash, randomUUID} from 'node:crypto';
+import {readFileSync} from 'node:fs';
+import {LocalImageStore} from '../../src/adapters/local-image-store';
+import {LocalMetadataStore} from '../../src/adapters/local-metadata-store';
+import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
+import {postJson, startFunction, type RunningFunction} from '../support/function-server';
+import {useTempDir} from '../support/temp-dir';
+
+const generations = (openai: FakeOpenAI) => openai.requests.filter(r => r.path === '/v1/images/generations').length;
+
+describe('idempotent generation', () => {
+  const dataDir = useTempDir();
+  let openai: FakeOpenAI;
+  let fn: RunningFunction;
+  let other: RunningFunction;
+  // The Functions Framework reports a rejection nobody handled here, and ends the instance for it in production.
+  const consoleError = jest.spyOn(console, 'error');
+
+  beforeAll(async () => {
+    openai = await startFakeOpenAI();
+    const env = {OPENAI_API_KEY: 'sk-test-key', OPENAI_BASE_URL: openai.url, DATA_DIR: dataDir(), UPSTREAM_MAX_RETRIES: '0', DEFAULT_MODEL: 'dall-e-2'};
+    fn = await startFunction(env);
+    // A second instance over the same data, as Cloud Run would run side by side.
+    other = await startFunction(env);
+  });
+  afterAll(async () => {
+    await fn.close();
+    await other.close();
+    await openai.close();
+    expect(consoleError.mock.calls.flat().join('\n')).not.toMatch(/Exception from a finished function|Unhandled/);
+    consoleError.mockRestore();
+  });
+  beforeEach(() => openai.reset());
+
+  const body = (prompt: string) => ({prompt, size: '256x256'});
+
+  test('a retried request gets the stored job and OpenAI is called once', async () => {
+    const key = randomUUID();
+    const first = await postJson(`${fn.url}/generate`, body('once'), {'idempotency-key': key});
+    const second = await postJson(`${fn.url}/generate`, body('once'), {'idempotency-key': key});
+    expect([first.status, second.status]).toEqual([200, 200]);
+    expect(second.body.job_id).toBe(first.body.job_id);
+    expect(second.body.images[0].sha256).toBe(first.body.images[0].sha256);
+    expect(first.headers.get('idempotent-replayed')).toBeNull();
+    expect(second.headers.get('idempotent-replayed')).toBe('true');
+    expect(generations(openai)).toBe(1);
+  });
+
+  test('concurrent duplicates in one instance wait for the same run', async () => {
+    openai.setLatency(300);
+    const key = randomUUID();
+    const results = await Promise.all(
+      Array.from({length: 8}, () => postJson(`${fn.url}/generate`, body('together'), {'idempotency-key': key})),
+    );
+    expect(results.map(r => r.status)).toEqual(Array(8).fill(200));
+    expect(new Set(results.map(r => r.body.job_id)).size).toBe(1);
+    expect(generations(openai)).toBe(1);
+  });
+
+  test('a duplicate at another instance while the first runs is 409 REQUEST_IN_PROGRESS', async () => {
+    openai.setLatency(800);
+    const key = randomUUID();
+    const first = postJson(`${fn.url}/generate`, body('elsewhere'), {'idempotency-key': key});
+    while (generations(openai) === 0) await new Promise(resolve => setTimeout(resolve, 20));
+    const duplicate = await postJson(`${other.url}/generate`, body('elsewhere'), {'idempotency-key': key});
+    expect(duplicate.status).toBe(409);
+    expect(duplicate.body.code).toBe('REQUEST_IN_PROGRESS');
+    expect(Number(duplicate.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+    const done = await first;
+    expect(done.status).toBe(200);
+    const replay = await postJson(`${other.url}/generate`, body('elsewhere'), {'idempotency-key': key});
+    expect(replay.body.job_id).toBe(done.body.job_id);
+    expect(generations(openai)).toBe(1);
+  });
+
+  test('the key may come in the body, for Pub/Sub and Cloud Tasks callers', async () => {
+    const key = randomUUID();
+    const first = await postJson(`${fn.url}/generate`, {...body('in body'), idempotency_key: key});
+    const second = await postJson(`${fn.url}/`, {input: {body: {prompt_image: 'in body', size: '256x256', idempotency_key: key}}});
+    expect(second.body.job_id).toBe(first.body.job_id);
+    expect(generations(openai)).toBe(1);
+  });
+
+  test('a key reused with other parameters is 422 IDEMPOTENCY_KEY_REUSED', async () => {
+    const key = randomUUID();
+    await postJson(`${fn.url}/generate`, body('first'), {'idempotency-key': key});
+    const reused = await postJson(`${fn.url}/generate`, body('second'), {'idempotency-key': key});
+    expect([reused.status, reused.body.code]).toEqual([422, 'IDEMPOTENCY_KEY_REUSED']);
+  });
+
+  test('header and body keys that disagree, or a malformed key, are refused', async () => {
+    const mismatch = await postJson(`${fn.url}/generate`, {...body('x'), idempotency_key: 'a'}, {'idempotency-key': 'b'});
+    expect([mismatch.status, mismatch.body.code]).toEqual([400, 'VALIDATION_ERROR']);
+    const long = await postJson(`${fn.url}/generate`, body('x'), {'idempotency-key': 'k'.repeat(256)});
+    expect(long.body.error).toMatch(/^Idempotency-Key: /);
+    expect(generations(openai)).toBe(0);
+  });
+
+  test('a failed run frees its key, so the retry generates', async () => {
+    const key = randomUUID();
+    openai.injectFault({kind: 'server_error'});
+    const failed = await postJson(`${fn.url}/generate`, body('retry me'), {'idempotency-key': key});
+    expect(failed.status).toBe(502);
+    const retried = await postJson(`${fn.url}/generate`, body('retry me'), {'idempotency-key': key});
+    expect(retried.status).toBe(200);
+    expect(retried.headers.get('idempotent-replayed')).toBeNull();
+    expect(generations(openai)).toBe(2);
+  });
+
+  test('a run left behind by a crashed instance is taken over after its lease, and its leftovers removed', async () => {
+    const key = randomUUID();
+    const keyHash = createHash('sha256').update(key).digest('hex');
+    const jobId = randomUUID();
+    const store = new LocalMetadataStore(dataDir());
+    const images = new LocalImageStore(dataDir());
+    // What a crashed run leaves: a claim whose lease ran out, and one stored image.
+    const past = new Date(Date.now() - 3600_000);
+    const fingerprintProbe = await postJson(`${fn.url}/generate`, body('probe'), {'idempotency-key': `${key}-probe`});
+    expect(fingerprintProbe.status).toBe(200);
+    const probeHash = createHash('sha256').update(`${key}-probe`).digest('hex');
+    // The same parameters under another key give the fingerprint the crashed run would have stored.
+    const probe = JSON.parse(readFileSync(`${dataDir()}/records/idempotency/${probeHash}.json`, 'utf8')) as {fingerprint: string};
+    await store.claimIdempotencyKey(
+      {keyHash, fingerprint: probe.fingerprint, jobId, leaseUntil: past, expiresAt: new Date(Date.now() + 3600_000)},
+      new Date(past.getTime() - 1000),
+    );
+    await images.put(`images/${jobId}/000-${randomUUID()}.png`, Buffer.from('partial'), {contentType: 'image/png', metadata: {}});
+    openai.reset();
+
+    const recovered = await postJson(`${fn.url}/generate`, body('probe'), {'idempotency-key': key});
+    expect(recovered.status).toBe(200);
+    expect(recovered.body.job_id).toBe(jobId);
+    expect(await images.list(`images/${jobId}/`)).toEqual([recovered.body.images[0].id].map(id => expect.stringContaining(id)));
+    expect(generations(openai)).toBe(1);
+  });
+
+  test('replaying a key whose job was deleted says so', async () => {
+    const key = randomUUID();
+    const made = await postJson(`${fn.url}/generate`, body('gone'), {'idempotency-key': key});
+    await fetch(`${fn.url}/jobs/${made.body.job_id}`, {method: 'DELETE'});
+    const replay = await postJson(`${fn.url}/generate`, body('gone'), {'idempotency-key': key});
+    expect([replay.status, replay.body.code]).toEqual([404, 'JOB_NOT_FOUND']);
+    expect(generations(openai)).toBe(1);
+  });
+});
