@@ -64,6 +64,39 @@ const EnvSchema = z.object({
   UPSTREAM_TIMEOUT_SECONDS: intInRange(5, 3600, 300),
   IDEMPOTENCY_TTL_HOURS: intInRange(1, 24 * 30, 24),
   UPSTREAM_MAX_RETRIES: intInRange(0, 10, 2),
+  /**
+   * Caller API keys for public deployments: comma-separated `name:key` or
+   * `name:key:daily_image_quota`. Unset: no key check (IAM guards the function).
+   */
+  API_KEYS: optionalText.transform((value, ctx) => {
+    if (value === undefined) return [];
+    const keys: ApiKey[] = [];
+    for (const [position, entry] of value
+      .split(',')
+      .map(e => e.trim())
+      .filter(Boolean)
+      .entries()) {
+      const match = /^([A-Za-z0-9_-]{1,64}):([\x21-\x2b\x2d-\x39\x3b-\x7e]{16,256})(?::(\d{1,9}))?$/.exec(
+        entry,
+      );
+      if (!match) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `entry ${position + 1} must be name:key or name:key:daily_quota (name: letters, digits, _ -; key: 16+ printable characters without , or :)`,
+        });
+        continue;
+      }
+      keys.push({
+        name: match[1]!,
+        key: match[2]!,
+        dailyQuota: match[3] === undefined ? null : Number(match[3]),
+      });
+    }
+    if (new Set(keys.map(k => k.name)).size !== keys.length) {
+      ctx.addIssue({code: 'custom', message: 'key names must be unique'});
+    }
+    return keys;
+  }),
   LOG_LEVEL: optionalText.pipe(
     z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).optional().default('info'),
   ),
@@ -71,6 +104,13 @@ const EnvSchema = z.object({
   /** Set by Cloud Run functions: the entry point, used in cloudfunctions.net URLs. */
   FUNCTION_TARGET: optionalText,
 });
+
+export interface ApiKey {
+  name: string;
+  key: string;
+  /** Images per UTC day, or null for no limit. */
+  dailyQuota: number | null;
+}
 
 export interface Config {
   openai: {
@@ -99,6 +139,8 @@ export interface Config {
   urls: {mode: 'signed' | 'public' | 'proxy'; signedTtlSeconds: number};
   publicBaseUrl: string | undefined;
   maxBodyBytes: number;
+  /** Empty: no key check. */
+  apiKeys: ApiKey[];
   functionTarget: string | undefined;
   log: {level: string; prompts: boolean};
 }
@@ -115,15 +157,15 @@ export class ConfigError extends Error {
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const parsed = EnvSchema.safeParse(env);
   if (!parsed.success) {
-    throw new ConfigError(
-      parsed.error.issues.map(issue => `${issue.path.join('.')}: ${issue.message}`),
-    );
+    throw new ConfigError(parsed.error.issues.map(issue => `${issue.path.join('.')}: ${issue.message}`));
   }
   const e = parsed.data;
   const gcp = e.GCS_BUCKET !== undefined;
   const urlMode = e.URL_MODE ?? (gcp ? 'signed' : 'proxy');
   if (!gcp && urlMode !== 'proxy') {
-    throw new ConfigError([`URL_MODE: '${urlMode}' needs GCS_BUCKET; local storage serves images through the function (proxy)`]);
+    throw new ConfigError([
+      `URL_MODE: '${urlMode}' needs GCS_BUCKET; local storage serves images through the function (proxy)`,
+    ]);
   }
   return {
     openai: {
@@ -152,6 +194,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     urls: {mode: urlMode, signedTtlSeconds: e.SIGNED_URL_TTL_SECONDS},
     publicBaseUrl: e.PUBLIC_BASE_URL?.replace(/\/+$/, ''),
     maxBodyBytes: e.MAX_BODY_BYTES,
+    apiKeys: e.API_KEYS,
     functionTarget: e.FUNCTION_TARGET,
     log: {level: e.LOG_LEVEL, prompts: e.LOG_PROMPTS},
   };

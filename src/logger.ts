@@ -28,7 +28,13 @@ export function createLogger(level: string, destination?: pino.DestinationStream
       },
       redact: {
         // Defence in depth: nothing should log these, but if something does, hide them.
-        paths: ['apiKey', '*.apiKey', 'headers.authorization', '*.headers.authorization', 'headers["x-api-key"]'],
+        paths: [
+          'apiKey',
+          '*.apiKey',
+          'headers.authorization',
+          '*.headers.authorization',
+          'headers["x-api-key"]',
+        ],
         censor: '[redacted]',
       },
     },

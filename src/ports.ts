@@ -43,7 +43,11 @@ export interface StoredObjectInfo {
 export interface ImageStore {
   readonly kind: string;
   /** Writes the object; fails if it already exists, so nothing is overwritten. */
-  put(path: string, data: Buffer, info: {contentType: string; metadata: Record<string, string>}): Promise<void>;
+  put(
+    path: string,
+    data: Buffer,
+    info: {contentType: string; metadata: Record<string, string>},
+  ): Promise<void>;
   stat(path: string): Promise<StoredObjectInfo | null>;
   read(path: string): Promise<Readable | null>;
   /** Returns false when there was nothing to delete. */
@@ -119,6 +123,18 @@ export interface MetadataStore {
   completeIdempotencyKey(keyHash: string, jobId: string): Promise<void>;
   /** Frees a key whose job failed, so a retry runs again. */
   releaseIdempotencyKey(keyHash: string, jobId: string): Promise<void>;
+  /**
+   * Atomically adds `amount` to a caller's count for a day if it stays within
+   * `limit`; returns whether it did and the count after.
+   */
+  reserveQuota(
+    subject: string,
+    day: string,
+    amount: number,
+    limit: number,
+  ): Promise<{ok: boolean; used: number}>;
+  /** Gives back a reservation whose generation failed. */
+  releaseQuota(subject: string, day: string, amount: number): Promise<void>;
   /** Cheap round trip to prove the store answers (health checks). */
   ping(): Promise<void>;
 }

@@ -42,14 +42,11 @@ export function createServices(config: Config): Services {
   });
   return {
     provider,
-    images: new GcsImageStore(
-      storage.bucket(bucket),
-      {
-        readBucket: readStorage.bucket(bucket),
-        // In public mode PUBLIC_BASE_URL names where objects are served from (a CDN, say).
-        ...(config.urls.mode === 'public' && config.publicBaseUrl ? {publicBaseUrl: config.publicBaseUrl} : {}),
-      },
-    ),
+    images: new GcsImageStore(storage.bucket(bucket), {
+      readBucket: readStorage.bucket(bucket),
+      // In public mode PUBLIC_BASE_URL names where objects are served from (a CDN, say).
+      ...(config.urls.mode === 'public' && config.publicBaseUrl ? {publicBaseUrl: config.publicBaseUrl} : {}),
+    }),
     metadata: new FirestoreMetadataStore(db, firestore.FieldPath),
   };
 }

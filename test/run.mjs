@@ -35,7 +35,10 @@ async function startFirestoreEmulator() {
   );
   let output = '';
   await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`Firestore emulator did not start in 90 s:\n${output}`)), 90_000);
+    const timer = setTimeout(
+      () => reject(new Error(`Firestore emulator did not start in 90 s:\n${output}`)),
+      90_000,
+    );
     const onData = chunk => {
       output += chunk;
       if (output.includes('Dev App Server is now running')) {

@@ -3,7 +3,15 @@ import {decideClaim, type IdempotencyState} from './idempotency-rules';
 import type {ImageRecord, JobRecord} from '../domain/records';
 import type {ClaimOutcome, IdempotencyClaim, JobPage, JobQuery, MetadataStore} from '../ports';
 
-export const COLLECTIONS = {jobs: 'jobs', images: 'images', idempotency: 'idempotency'} as const;
+export const COLLECTIONS = {
+  jobs: 'jobs',
+  images: 'images',
+  idempotency: 'idempotency',
+  quotas: 'quotas',
+} as const;
+
+/** Quota counters are kept two days, then removed by the same TTL policy field. */
+const QUOTA_KEEP_MS = 2 * 24 * 3600_000;
 
 interface IdempotencyDoc {
   fingerprint: string;
@@ -59,7 +67,8 @@ export class FirestoreMetadataStore implements MetadataStore {
       .orderBy('created_at', 'desc')
       .orderBy(this.fieldPath.documentId(), 'desc');
     if (query.status) q = q.where('status', '==', query.status);
-    if (query.metadata) q = q.where(new this.fieldPath('metadata', query.metadata.key), '==', query.metadata.value);
+    if (query.metadata)
+      q = q.where(new this.fieldPath('metadata', query.metadata.key), '==', query.metadata.value);
     if (query.after) q = q.startAfter(query.after.createdAt, query.after.id);
     const snapshot = await q.limit(query.limit + 1).get();
     const jobs = snapshot.docs.map(doc => doc.data() as JobRecord);
@@ -131,7 +140,8 @@ export class FirestoreMetadataStore implements MetadataStore {
     const ref = this.db.collection(COLLECTIONS.idempotency).doc(keyHash);
     await this.db.runTransaction(async tx => {
       const snapshot = await tx.get(ref);
-      if (snapshot.exists && (snapshot.data() as IdempotencyDoc).job_id === jobId) tx.update(ref, {completed: true});
+      if (snapshot.exists && (snapshot.data() as IdempotencyDoc).job_id === jobId)
+        tx.update(ref, {completed: true});
     });
   }
 
@@ -142,6 +152,39 @@ export class FirestoreMetadataStore implements MetadataStore {
       const doc = snapshot.exists ? (snapshot.data() as IdempotencyDoc) : null;
       if (doc && doc.job_id === jobId && !doc.completed) tx.delete(ref);
     });
+  }
+
+  reserveQuota(
+    subject: string,
+    day: string,
+    amount: number,
+    limit: number,
+  ): Promise<{ok: boolean; used: number}> {
+    const ref = this.quotaRef(subject, day);
+    return this.db.runTransaction(async tx => {
+      const snapshot = await tx.get(ref);
+      const used = snapshot.exists ? Number(snapshot.get('used')) : 0;
+      if (used + amount > limit) return {ok: false, used};
+      tx.set(ref, {
+        subject,
+        day,
+        used: used + amount,
+        expires_at: new Date(Date.parse(`${day}T00:00:00Z`) + QUOTA_KEEP_MS),
+      });
+      return {ok: true, used: used + amount};
+    });
+  }
+
+  async releaseQuota(subject: string, day: string, amount: number): Promise<void> {
+    const ref = this.quotaRef(subject, day);
+    await this.db.runTransaction(async tx => {
+      const snapshot = await tx.get(ref);
+      if (snapshot.exists) tx.update(ref, {used: Math.max(0, Number(snapshot.get('used')) - amount)});
+    });
+  }
+
+  private quotaRef(subject: string, day: string) {
+    return this.db.collection(COLLECTIONS.quotas).doc(`${subject}_${day}`);
   }
 
   async ping(): Promise<void> {

@@ -2,7 +2,10 @@ import type {JobRecord} from '../domain/records';
 import type {JobCursor, JobQuery} from '../ports';
 
 /** Newest first; equal timestamps ordered by id, descending. Both stores use this order. */
-export function compareNewestFirst(a: {created_at: string; id: string}, b: {created_at: string; id: string}): number {
+export function compareNewestFirst(
+  a: {created_at: string; id: string},
+  b: {created_at: string; id: string},
+): number {
   if (a.created_at !== b.created_at) return a.created_at < b.created_at ? 1 : -1;
   return a.id === b.id ? 0 : a.id < b.id ? 1 : -1;
 }

@@ -53,7 +53,8 @@ export class LocalMetadataStore implements MetadataStore {
       await createExclusive(this.jobPath(job.id), JSON.stringify(job));
     } catch (error) {
       await Promise.allSettled(written.map(removeFile));
-      if (isAlreadyExists(error)) throw new Error(`Job ${job.id} or one of its images already exists`, {cause: error});
+      if (isAlreadyExists(error))
+        throw new Error(`Job ${job.id} or one of its images already exists`, {cause: error});
       throw error;
     }
   }
@@ -166,7 +167,8 @@ export class LocalMetadataStore implements MetadataStore {
     return this.keyLocks.run(keyHash, async () => {
       const file = this.idempotencyPath(keyHash);
       const stored = await readJson<IdempotencyFile>(file);
-      if (stored?.job_id === jobId) await replaceAtomically(file, JSON.stringify({...stored, completed: true}));
+      if (stored?.job_id === jobId)
+        await replaceAtomically(file, JSON.stringify({...stored, completed: true}));
     });
   }
 
@@ -178,12 +180,39 @@ export class LocalMetadataStore implements MetadataStore {
     });
   }
 
+  reserveQuota(
+    subject: string,
+    day: string,
+    amount: number,
+    limit: number,
+  ): Promise<{ok: boolean; used: number}> {
+    return this.keyLocks.run(`quota:${subject}:${day}`, async () => {
+      const file = this.quotaPath(subject, day);
+      const used = (await readJson<{used: number}>(file))?.used ?? 0;
+      if (used + amount > limit) return {ok: false, used};
+      await replaceAtomically(file, JSON.stringify({used: used + amount}));
+      return {ok: true, used: used + amount};
+    });
+  }
+
+  releaseQuota(subject: string, day: string, amount: number): Promise<void> {
+    return this.keyLocks.run(`quota:${subject}:${day}`, async () => {
+      const file = this.quotaPath(subject, day);
+      const used = (await readJson<{used: number}>(file))?.used ?? 0;
+      await replaceAtomically(file, JSON.stringify({used: Math.max(0, used - amount)}));
+    });
+  }
+
   async ping(): Promise<void> {
     await fs.mkdir(this.root, {recursive: true});
   }
 
   private jobPath(id: string): string {
     return resolveInside(this.root, `jobs/${id}.json`);
+  }
+
+  private quotaPath(subject: string, day: string): string {
+    return resolveInside(this.root, `quotas/${subject}_${day}.json`);
   }
 
   private idempotencyPath(keyHash: string): string {

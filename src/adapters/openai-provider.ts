@@ -117,7 +117,11 @@ function translateError(error: unknown, timedOut: boolean, cancelled: boolean): 
   }
   const code = typeof error.code === 'string' ? error.code : undefined;
   const requestId = error.requestID ?? undefined;
-  const details = {upstream_status: error.status ?? null, upstream_code: code ?? null, upstream_request_id: requestId ?? null};
+  const details = {
+    upstream_status: error.status ?? null,
+    upstream_code: code ?? null,
+    upstream_request_id: requestId ?? null,
+  };
   if (error instanceof OpenAIClient.APIConnectionError) {
     return new AppError('UPSTREAM_ERROR', 'Could not reach OpenAI', {cause: error, details});
   }

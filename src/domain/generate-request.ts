@@ -69,7 +69,10 @@ export const LegacyRequestSchema = z
       body: z.strictObject({prompt_image: promptText, ...generationParams}),
     }),
   })
-  .meta({id: 'LegacyGenerateRequest', description: 'Legacy payload: {"input":{"body":{"prompt_image":"..."}}}.'});
+  .meta({
+    id: 'LegacyGenerateRequest',
+    description: 'Legacy payload: {"input":{"body":{"prompt_image":"..."}}}.',
+  });
 
 export type GenerateRequest = z.infer<typeof GenerateRequestSchema>;
 
@@ -97,9 +100,7 @@ export interface FieldProblem {
   message: string;
 }
 
-export type ParseResult =
-  | {ok: true; command: GenerateCommand}
-  | {ok: false; problems: FieldProblem[]};
+export type ParseResult = {ok: true; command: GenerateCommand} | {ok: false; problems: FieldProblem[]};
 
 function listOf(values: readonly string[]): string {
   return values.join(', ');

@@ -10,6 +10,7 @@ import type {RouteHandler} from './handlers';
 import {openApiDocument} from './openapi';
 import type {ParsedRequest} from './request-body';
 import {imageLinker} from './urls';
+import {authenticate} from './auth';
 import {IdempotentGenerator} from '../usecases/idempotent-generate';
 
 type Method = 'GET' | 'HEAD' | 'POST' | 'DELETE';
@@ -17,6 +18,8 @@ type Method = 'GET' | 'HEAD' | 'POST' | 'DELETE';
 export interface Route {
   pattern: RegExp;
   methods: Partial<Record<Method, RouteHandler>>;
+  /** Open without an API key (health probes, the API description). */
+  open?: boolean;
 }
 
 export interface AppOptions {
@@ -33,8 +36,8 @@ const openapi: RouteHandler = async ctx => sendJson(ctx.res, 200, openApiDocumen
 /** Every route the function answers; anything else is 404, a wrong method 405. */
 export const ROUTES: Route[] = [
   {pattern: /^\/(?:generate\/?)?$/, methods: {POST: handlers.generate}},
-  {pattern: /^\/health\/?$/, methods: {GET: handlers.health}},
-  {pattern: /^\/openapi\.json$/, methods: {GET: openapi}},
+  {pattern: /^\/health\/?$/, methods: {GET: handlers.health}, open: true},
+  {pattern: /^\/openapi\.json$/, methods: {GET: openapi}, open: true},
   {pattern: /^\/jobs\/?$/, methods: {GET: handlers.listJobsRoute}},
   {pattern: new RegExp(`^/jobs/${ID}/?$`), methods: {GET: handlers.getJob, DELETE: handlers.removeJob}},
   {pattern: new RegExp(`^/images/${ID}/url/?$`), methods: {GET: handlers.imageUrl}},
@@ -74,6 +77,8 @@ export function createApp(options: AppOptions): (req: IncomingMessage, res: Serv
         res.setHeader('Allow', allow);
         throw new AppError('METHOD_NOT_ALLOWED', `${method} is not allowed here; use ${allow}`);
       }
+      const caller = route.open ? {name: null, dailyQuota: null} : authenticate(req, config.apiKeys);
+      if (caller.name) labels.caller = caller.name;
       const services = options.services();
       await handler({
         req: req as ParsedRequest,
@@ -86,10 +91,11 @@ export function createApp(options: AppOptions): (req: IncomingMessage, res: Serv
         labels,
         links: imageLinker(config, services.images, req),
         generator: getGenerator,
+        caller,
       });
     } catch (error) {
       failure = toAppError(error);
-      sendError(res, failure);
+      sendError(res, failure, failure.code === 'UNAUTHENTICATED' ? {'WWW-Authenticate': 'Bearer'} : {});
     } finally {
       logAccess(log, req, res, started, labels, failure);
     }

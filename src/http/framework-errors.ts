@@ -18,12 +18,20 @@ const BODY_ERRORS: Record<string, {code: ErrorCode; message: string}> = {
   'entity.too.large': {code: 'PAYLOAD_TOO_LARGE', message: 'The request body is too large'},
   'encoding.unsupported': {code: 'UNSUPPORTED_MEDIA_TYPE', message: 'Unsupported content encoding'},
   'charset.unsupported': {code: 'UNSUPPORTED_MEDIA_TYPE', message: 'Unsupported charset; send UTF-8'},
-  'request.size.invalid': {code: 'INVALID_JSON', message: 'The request body is shorter than its Content-Length'},
+  'request.size.invalid': {
+    code: 'INVALID_JSON',
+    message: 'The request body is shorter than its Content-Length',
+  },
 };
 
 let installed = false;
 
-type Handle = (this: unknown, req: IncomingMessage, res: ServerResponse, callback?: (err?: unknown) => void) => void;
+type Handle = (
+  this: unknown,
+  req: IncomingMessage,
+  res: ServerResponse,
+  callback?: (err?: unknown) => void,
+) => void;
 
 export function installFrameworkErrorHandler(): void {
   if (installed) return;

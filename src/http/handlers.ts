@@ -8,10 +8,12 @@ import type {Services} from '../services';
 import type {IdempotentGenerator} from '../usecases/idempotent-generate';
 import {deleteImage, deleteJob, findImage, findJob, listJobs, openImage} from '../usecases/images';
 import {sendJson} from './error-response';
-import {imageView, jobView} from './presenters';
+import {jobView} from './presenters';
 import {readJsonBody, type ParsedRequest} from './request-body';
 import {KNOWN_QUERY_KEYS, ListJobsQuerySchema, isMetadataFilterKey, metadataFilterFrom} from './schemas';
 import type {ImageLinker} from './urls';
+import type {Caller} from './auth';
+import {reserveDailyQuota} from '../usecases/quota';
 
 export interface RequestContext {
   req: ParsedRequest;
@@ -25,6 +27,7 @@ export interface RequestContext {
   labels: Record<string, string>;
   links: ImageLinker;
   generator: () => IdempotentGenerator;
+  caller: Caller;
 }
 
 export type RouteHandler = (ctx: RequestContext) => Promise<void>;
@@ -50,7 +53,9 @@ export const generate: RouteHandler = async ctx => {
   const headerKey = ctx.req.headers['idempotency-key'];
   if (headerKey !== undefined) {
     if (typeof headerKey !== 'string' || !IDEMPOTENCY_KEY_FORMAT.test(headerKey)) {
-      throw validationError([{field: 'Idempotency-Key', message: '1-255 printable ASCII characters without spaces'}]);
+      throw validationError([
+        {field: 'Idempotency-Key', message: '1-255 printable ASCII characters without spaces'},
+      ]);
     }
     if (command.idempotencyKey !== undefined && command.idempotencyKey !== headerKey) {
       throw validationError([{field: 'idempotency_key', message: 'differs from the Idempotency-Key header'}]);
@@ -72,7 +77,15 @@ export const generate: RouteHandler = async ctx => {
     },
     'generation started',
   );
-  const {job, replayed} = await ctx.generator().generate(command);
+  const quota = ctx.caller;
+  const {job, replayed} = await ctx
+    .generator()
+    .generate(
+      command,
+      quota.name !== null && quota.dailyQuota !== null
+        ? () => reserveDailyQuota(services.metadata, quota.name!, quota.dailyQuota!, command.count)
+        : undefined,
+    );
   if (replayed) ctx.res.setHeader('Idempotent-Replayed', 'true');
   ctx.labels.job_id = job.id;
   ctx.labels.image_ids = job.images.map(image => image.id).join(',');
@@ -169,18 +182,26 @@ export const listJobsRoute: RouteHandler = async ctx => {
     if (name in query) throw validationError([{field: name, message: 'given more than once'}]);
     query[name] = value;
   }
-  const unknown = Object.keys(query).filter(name => !KNOWN_QUERY_KEYS.has(name) && !isMetadataFilterKey(name));
+  const unknown = Object.keys(query).filter(
+    name => !KNOWN_QUERY_KEYS.has(name) && !isMetadataFilterKey(name),
+  );
   if (unknown.length > 0) {
     throw validationError(
-      unknown.map(name => ({field: name, message: 'unknown query parameter; use limit, cursor, status or metadata.<key>'})),
+      unknown.map(name => ({
+        field: name,
+        message: 'unknown query parameter; use limit, cursor, status or metadata.<key>',
+      })),
     );
   }
   const parsed = ListJobsQuerySchema.safeParse(query);
   if (!parsed.success) {
-    throw validationError(parsed.error.issues.map(issue => ({field: issue.path.join('.'), message: issue.message})));
+    throw validationError(
+      parsed.error.issues.map(issue => ({field: issue.path.join('.'), message: issue.message})),
+    );
   }
   const filters = metadataFilterFrom(query);
-  if (filters.length > 1) throw validationError([{field: 'metadata', message: 'filter on one metadata key at a time'}]);
+  if (filters.length > 1)
+    throw validationError([{field: 'metadata', message: 'filter on one metadata key at a time'}]);
   const page = await listJobs(ctx.services, {
     limit: parsed.data.limit ?? 20,
     ...(parsed.data.cursor ? {cursor: parsed.data.cursor} : {}),

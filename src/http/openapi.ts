@@ -122,7 +122,12 @@ function buildDocument(): Record<string, unknown> {
           summary: 'Jobs, newest first',
           parameters: [
             {name: 'limit', in: 'query', schema: {type: 'integer', minimum: 1, maximum: 100, default: 20}},
-            {name: 'cursor', in: 'query', schema: {type: 'string'}, description: '`next_cursor` of the previous page.'},
+            {
+              name: 'cursor',
+              in: 'query',
+              schema: {type: 'string'},
+              description: '`next_cursor` of the previous page.',
+            },
             {name: 'status', in: 'query', schema: {type: 'string', enum: ['completed', 'partial']}},
             {
               name: 'metadata.{key}',
@@ -174,7 +179,11 @@ function buildDocument(): Record<string, unknown> {
         head: {
           operationId: 'headImage',
           summary: 'The image headers',
-          responses: {'200': {description: 'Headers only'}, '304': {description: 'Not modified'}, ...imageNotFound},
+          responses: {
+            '200': {description: 'Headers only'},
+            '304': {description: 'Not modified'},
+            ...imageNotFound,
+          },
         },
         delete: {
           operationId: 'deleteImage',
@@ -197,7 +206,11 @@ function buildDocument(): Record<string, unknown> {
         },
       },
       '/openapi.json': {
-        get: {operationId: 'openapi', summary: 'This document', responses: {'200': {description: 'OpenAPI 3.1'}}},
+        get: {
+          operationId: 'openapi',
+          summary: 'This document',
+          responses: {'200': {description: 'OpenAPI 3.1'}},
+        },
       },
     },
     components: {schemas},

@@ -31,7 +31,9 @@ function assertNoDangerousKeys(value: unknown, depth = 0): void {
   if (typeof value !== 'object' || value === null) return;
   for (const key of Object.keys(value)) {
     if (DANGEROUS_KEYS.has(key)) {
-      throw new AppError('VALIDATION_ERROR', `(body): the key '${key}' is not allowed`, {details: {field: key}});
+      throw new AppError('VALIDATION_ERROR', `(body): the key '${key}' is not allowed`, {
+        details: {field: key},
+      });
     }
     assertNoDangerousKeys((value as Record<string, unknown>)[key], depth + 1);
   }
@@ -70,7 +72,8 @@ export async function readJsonBody(req: ParsedRequest, maxBytes: number): Promis
   if (isJsonType(type)) {
     body = req.body;
   } else if (type === '' || type === 'text/plain') {
-    const text = typeof req.body === 'string' ? req.body : (await readUnparsed(req, maxBytes)).toString('utf8');
+    const text =
+      typeof req.body === 'string' ? req.body : (await readUnparsed(req, maxBytes)).toString('utf8');
     if (text.trim() === '') throw new AppError('VALIDATION_ERROR', '(body): a JSON object is required');
     body = parseJsonText(text);
   } else {

@@ -57,7 +57,10 @@ export const JobViewSchema = z
     image_url: z.string().nullable().describe('URL of the first image; null once every image is deleted.'),
     images: z.array(ImageViewSchema),
     failures: z.array(JobFailureSchema),
-    usage: z.record(z.string(), z.unknown()).nullable().describe('Token usage as OpenAI reports it (GPT image models).'),
+    usage: z
+      .record(z.string(), z.unknown())
+      .nullable()
+      .describe('Token usage as OpenAI reports it (GPT image models).'),
     prompt: z.string(),
     parameters: JobParametersSchema,
     metadata: z.record(z.string(), z.string()),

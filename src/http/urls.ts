@@ -47,7 +47,10 @@ export function imageLinker(config: Config, store: ImageStore, req: IncomingMess
         const signed = await sign(image.object_path, signedTtlSeconds);
         return {url: signed.url, url_expires_at: signed.expiresAt.toISOString(), gcs_uri: gcsUri(image)};
       } catch (error) {
-        throw storageError('Could not sign the image URL; check that the service account may sign blobs', error);
+        throw storageError(
+          'Could not sign the image URL; check that the service account may sign blobs',
+          error,
+        );
       }
     };
   }
@@ -55,6 +58,9 @@ export function imageLinker(config: Config, store: ImageStore, req: IncomingMess
     const publicUrl = store.publicUrl.bind(store);
     return async image => ({url: publicUrl(image.object_path), url_expires_at: null, gcs_uri: gcsUri(image)});
   }
-  const base = baseUrlFor(req, {publicBaseUrl: mode === 'proxy' ? config.publicBaseUrl : undefined, functionTarget: config.functionTarget});
+  const base = baseUrlFor(req, {
+    publicBaseUrl: mode === 'proxy' ? config.publicBaseUrl : undefined,
+    functionTarget: config.functionTarget,
+  });
   return async image => ({url: `${base}/images/${image.id}`, url_expires_at: null, gcs_uri: gcsUri(image)});
 }

@@ -57,7 +57,7 @@ export async function generateImages(
   // the caller gets an answer sooner and nothing more is stored.
   const abort = new AbortController();
   const callSignal = options.signal ? AbortSignal.any([options.signal, abort.signal]) : abort.signal;
-  const images: (ImageRecord | undefined)[] = new Array(command.count);
+  const images = Array.from<ImageRecord | undefined>({length: command.count});
 
   const runCall = async (n: number, firstIndex: number): Promise<CallOutcome> => {
     const started = performance.now();
@@ -69,7 +69,11 @@ export async function generateImages(
         result.images.map(async (generated, offset) => {
           const index = firstIndex + offset;
           const info = inspectImage(generated.data);
-          if (!info) throw new AppError('UPSTREAM_ERROR', 'OpenAI returned data that is not a PNG, JPEG or WebP image');
+          if (!info)
+            throw new AppError(
+              'UPSTREAM_ERROR',
+              'OpenAI returned data that is not a PNG, JPEG or WebP image',
+            );
           const id = randomUUID();
           const path = objectPathFor(jobId, index, id, info.extension);
           callSignal.throwIfAborted();
@@ -121,7 +125,9 @@ export async function generateImages(
   // Wait for every call to settle, so no upload lands after a clean-up.
   const settled = await Promise.allSettled(work);
   const succeeded = settled.flatMap(s => (s.status === 'fulfilled' ? [s.value] : []));
-  const failed = settled.flatMap((s, i) => (s.status === 'rejected' ? [{call: i, reason: s.reason as unknown}] : []));
+  const failed = settled.flatMap((s, i) =>
+    s.status === 'rejected' ? [{call: i, reason: s.reason as unknown}] : [],
+  );
   const stored = images.filter((image): image is ImageRecord => image !== undefined);
 
   if (failed.length > 0 && (!command.allowPartial || stored.length === 0)) {

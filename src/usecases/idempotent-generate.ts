@@ -3,6 +3,10 @@ import {AppError} from '../errors';
 import type {GenerateCommand} from '../domain/generate-request';
 import type {JobRecord} from '../domain/records';
 import {generateImages, jobPrefix, removeObjects, storageError, type GenerateDeps} from './generate';
+import type {ReleaseQuota} from './quota';
+
+/** Runs just before images are generated (not on replays); its result undoes it if generation fails. */
+export type BeforeGenerate = () => Promise<ReleaseQuota>;
 
 export interface IdempotencyOptions {
   /** How long a run holds its key before another instance may take it over. */
@@ -44,9 +48,14 @@ export class IdempotentGenerator {
     private readonly options: IdempotencyOptions,
   ) {}
 
-  async generate(command: GenerateCommand): Promise<GenerateOutcome> {
+  async generate(command: GenerateCommand, beforeGenerate?: BeforeGenerate): Promise<GenerateOutcome> {
     const key = command.idempotencyKey;
-    if (key === undefined) return {job: await generateImages(this.deps, command), replayed: false};
+    if (key === undefined) {
+      return {
+        job: await this.withReservation(beforeGenerate, () => generateImages(this.deps, command)),
+        replayed: false,
+      };
+    }
     const keyHash = sha256(key);
     const fingerprint = fingerprintOf(command);
 
@@ -56,7 +65,7 @@ export class IdempotentGenerator {
       if (local.fingerprint !== fingerprint) throw reused();
       return {job: await local.run, replayed: true};
     }
-    const attempt = this.claimAndRun(command, keyHash, fingerprint);
+    const attempt = this.claimAndRun(command, keyHash, fingerprint, beforeGenerate);
     const run = attempt.then(outcome => outcome.job);
     // Only duplicates await `run`; without any, its rejection must not go unhandled
     // (the Functions Framework ends the instance on an unhandled rejection).
@@ -69,7 +78,25 @@ export class IdempotentGenerator {
     }
   }
 
-  private async claimAndRun(command: GenerateCommand, keyHash: string, fingerprint: string): Promise<GenerateOutcome> {
+  private async withReservation(
+    beforeGenerate: BeforeGenerate | undefined,
+    run: () => Promise<JobRecord>,
+  ): Promise<JobRecord> {
+    const release = beforeGenerate ? await beforeGenerate() : undefined;
+    try {
+      return await run();
+    } catch (error) {
+      await release?.();
+      throw error;
+    }
+  }
+
+  private async claimAndRun(
+    command: GenerateCommand,
+    keyHash: string,
+    fingerprint: string,
+    beforeGenerate: BeforeGenerate | undefined,
+  ): Promise<GenerateOutcome> {
     const now = this.deps.now?.() ?? new Date();
     const outcome = await this.deps.metadata
       .claimIdempotencyKey(
@@ -90,9 +117,16 @@ export class IdempotentGenerator {
       case 'mismatch':
         throw reused();
       case 'in_progress':
-        throw new AppError('REQUEST_IN_PROGRESS', 'A request with this Idempotency-Key is still running; retry later', {
-          retryAfterSeconds: Math.min(30, Math.max(1, Math.ceil((outcome.leaseUntil.getTime() - now.getTime()) / 1000))),
-        });
+        throw new AppError(
+          'REQUEST_IN_PROGRESS',
+          'A request with this Idempotency-Key is still running; retry later',
+          {
+            retryAfterSeconds: Math.min(
+              30,
+              Math.max(1, Math.ceil((outcome.leaseUntil.getTime() - now.getTime()) / 1000)),
+            ),
+          },
+        );
       case 'completed': {
         const job = await this.deps.metadata.getJob(outcome.jobId).catch(error => {
           throw storageError('Could not read the job record', error);
@@ -106,17 +140,28 @@ export class IdempotentGenerator {
         return {job, replayed: true};
       }
       case 'claimed':
-        return {job: await this.runClaimed(command, keyHash, outcome.jobId, outcome.recovered), replayed: false};
+        return {
+          job: await this.runClaimed(command, keyHash, outcome.jobId, outcome.recovered, beforeGenerate),
+          replayed: false,
+        };
     }
   }
 
-  private async runClaimed(command: GenerateCommand, keyHash: string, jobId: string, recovered: boolean): Promise<JobRecord> {
+  private async runClaimed(
+    command: GenerateCommand,
+    keyHash: string,
+    jobId: string,
+    recovered: boolean,
+    beforeGenerate: BeforeGenerate | undefined,
+  ): Promise<JobRecord> {
     try {
       if (recovered) {
         // A crashed run may have stored some images before it stopped.
         await removeObjects(this.deps.images, await this.deps.images.list(jobPrefix(jobId)));
       }
-      const job = await generateImages(this.deps, command, {jobId});
+      const job = await this.withReservation(beforeGenerate, () =>
+        generateImages(this.deps, command, {jobId}),
+      );
       // The job record already makes the key replay; this only survives a later delete of the job.
       await this.deps.metadata.completeIdempotencyKey(keyHash, jobId).catch(() => undefined);
       return job;

@@ -9,7 +9,10 @@ describe('Cloud Storage (GCS JSON-API test server)', () => {
   });
   afterAll(() => server.close());
 
-  imageStoreContract('Cloud Storage', () => new GcsImageStore(storageClientFor(server).bucket('contract-bucket')));
+  imageStoreContract(
+    'Cloud Storage',
+    () => new GcsImageStore(storageClientFor(server).bucket('contract-bucket')),
+  );
 
   test('objects carry an immutable Cache-Control', async () => {
     const store = new GcsImageStore(storageClientFor(server).bucket('contract-bucket'));

@@ -11,6 +11,8 @@ metadataStoreContract('local disk', () => new LocalMetadataStore(dataDir()));
 describe('LocalImageStore paths', () => {
   test.each(['../escape.png', '/etc/passwd', 'images/../../x.png', ''])('refuses %j', async path => {
     const store = new LocalImageStore(dataDir());
-    await expect(store.put(path, Buffer.from('x'), {contentType: 'image/png', metadata: {}})).rejects.toThrow(/store path/i);
+    await expect(store.put(path, Buffer.from('x'), {contentType: 'image/png', metadata: {}})).rejects.toThrow(
+      /store path/i,
+    );
   });
 });

@@ -24,7 +24,10 @@ export function imageStoreContract(name: string, create: () => Promise<ImageStor
 
     test('put then stat and read return the same bytes, type and metadata', async () => {
       const data = Buffer.from(Array.from({length: 4096}, (_, i) => i % 251));
-      await store.put(`${prefix}000-a.png`, data, {contentType: 'image/png', metadata: {sha256: 'abc', job_id: 'j'}});
+      await store.put(`${prefix}000-a.png`, data, {
+        contentType: 'image/png',
+        metadata: {sha256: 'abc', job_id: 'j'},
+      });
       expect(await store.stat(`${prefix}000-a.png`)).toEqual({
         size: 4096,
         contentType: 'image/png',
@@ -57,13 +60,22 @@ export function imageStoreContract(name: string, create: () => Promise<ImageStor
       for (const name of ['002-c.png', '000-a.png', '001-b.jpg']) {
         await store.put(`${prefix}${name}`, Buffer.from(name), {contentType: 'image/png', metadata: {}});
       }
-      await store.put(`images/${randomUUID()}/000-other.png`, Buffer.from('o'), {contentType: 'image/png', metadata: {}});
-      expect(await store.list(prefix)).toEqual([`${prefix}000-a.png`, `${prefix}001-b.jpg`, `${prefix}002-c.png`]);
+      await store.put(`images/${randomUUID()}/000-other.png`, Buffer.from('o'), {
+        contentType: 'image/png',
+        metadata: {},
+      });
+      expect(await store.list(prefix)).toEqual([
+        `${prefix}000-a.png`,
+        `${prefix}001-b.jpg`,
+        `${prefix}002-c.png`,
+      ]);
     });
 
     test('parallel writes of different objects all land', async () => {
       const names = Array.from({length: 20}, (_, i) => `${prefix}${String(i).padStart(3, '0')}.png`);
-      await Promise.all(names.map(n => store.put(n, Buffer.from(n), {contentType: 'image/png', metadata: {}})));
+      await Promise.all(
+        names.map(n => store.put(n, Buffer.from(n), {contentType: 'image/png', metadata: {}})),
+      );
       expect(await store.list(prefix)).toEqual(names);
       expect(await text((await store.read(names[7]!))!)).toBe(names[7]);
     });
@@ -71,7 +83,10 @@ export function imageStoreContract(name: string, create: () => Promise<ImageStor
 }
 
 /** Behaviour every MetadataStore must have; the local and the Firestore store both run it. */
-export function metadataStoreContract(name: string, create: () => Promise<MetadataStore> | MetadataStore): void {
+export function metadataStoreContract(
+  name: string,
+  create: () => Promise<MetadataStore> | MetadataStore,
+): void {
   describe(`MetadataStore contract: ${name}`, () => {
     let store: MetadataStore;
     beforeEach(async () => {
@@ -119,12 +134,18 @@ export function metadataStoreContract(name: string, create: () => Promise<Metada
       }
       await Promise.all(jobs.map(job => store.saveJob(job)));
       const expected = [...jobs]
-        .sort((a, b) => (a.created_at === b.created_at ? (a.id < b.id ? 1 : -1) : a.created_at < b.created_at ? 1 : -1))
+        .sort((a, b) =>
+          a.created_at === b.created_at ? (a.id < b.id ? 1 : -1) : a.created_at < b.created_at ? 1 : -1,
+        )
         .map(job => job.id);
       const seen: string[] = [];
       let after: {createdAt: string; id: string} | undefined;
       for (let page = 0; page < 10; page++) {
-        const result = await store.listJobs({limit: 3, metadata: {key: 'suite', value: tag}, ...(after ? {after} : {})});
+        const result = await store.listJobs({
+          limit: 3,
+          metadata: {key: 'suite', value: tag},
+          ...(after ? {after} : {}),
+        });
         seen.push(...result.jobs.map(job => job.id));
         if (!result.next) break;
         after = result.next;
@@ -137,7 +158,11 @@ export function metadataStoreContract(name: string, create: () => Promise<Metada
       const match = makeJob({metadata: {suite: tag, team: 'a'}}, 1);
       await store.saveJob(match);
       await store.saveJob(makeJob({metadata: {suite: tag, team: 'b'}}, 1));
-      const page = await store.listJobs({limit: 10, status: 'completed', metadata: {key: 'team', value: 'a'}});
+      const page = await store.listJobs({
+        limit: 10,
+        status: 'completed',
+        metadata: {key: 'team', value: 'a'},
+      });
       expect(page.jobs.map(job => job.id)).toContain(match.id);
       expect(page.jobs.every(job => job.metadata.team === 'a')).toBe(true);
     });
@@ -166,7 +191,11 @@ export function metadataStoreContract(name: string, create: () => Promise<Metada
 
     describe('idempotency keys', () => {
       const minute = 60_000;
-      const claim = (keyHash: string, now: Date, overrides: Partial<{fingerprint: string; jobId: string; leaseMs: number}> = {}) => ({
+      const claim = (
+        keyHash: string,
+        now: Date,
+        overrides: Partial<{fingerprint: string; jobId: string; leaseMs: number}> = {},
+      ) => ({
         keyHash,
         fingerprint: overrides.fingerprint ?? 'f1',
         jobId: overrides.jobId ?? randomUUID(),
@@ -178,15 +207,26 @@ export function metadataStoreContract(name: string, create: () => Promise<Metada
         const key = randomUUID();
         const now = new Date();
         const first = claim(key, now);
-        expect(await store.claimIdempotencyKey(first, now)).toEqual({outcome: 'claimed', jobId: first.jobId, recovered: false});
-        expect(await store.claimIdempotencyKey(claim(key, now), now)).toEqual({outcome: 'in_progress', leaseUntil: first.leaseUntil});
-        expect(await store.claimIdempotencyKey(claim(key, now, {fingerprint: 'f2'}), now)).toEqual({outcome: 'mismatch'});
+        expect(await store.claimIdempotencyKey(first, now)).toEqual({
+          outcome: 'claimed',
+          jobId: first.jobId,
+          recovered: false,
+        });
+        expect(await store.claimIdempotencyKey(claim(key, now), now)).toEqual({
+          outcome: 'in_progress',
+          leaseUntil: first.leaseUntil,
+        });
+        expect(await store.claimIdempotencyKey(claim(key, now, {fingerprint: 'f2'}), now)).toEqual({
+          outcome: 'mismatch',
+        });
       });
 
       test('concurrent claims of one key: exactly one wins', async () => {
         const key = randomUUID();
         const now = new Date();
-        const results = await Promise.all(Array.from({length: 8}, () => store.claimIdempotencyKey(claim(key, now), now)));
+        const results = await Promise.all(
+          Array.from({length: 8}, () => store.claimIdempotencyKey(claim(key, now), now)),
+        );
         expect(results.filter(r => r.outcome === 'claimed')).toHaveLength(1);
         expect(results.filter(r => r.outcome === 'in_progress')).toHaveLength(7);
       });
@@ -198,7 +238,10 @@ export function metadataStoreContract(name: string, create: () => Promise<Metada
         await store.claimIdempotencyKey(first, now);
         await store.saveJob(makeJob({id: first.jobId}, 1));
         const later = new Date(now.getTime() + 2 * minute);
-        expect(await store.claimIdempotencyKey(claim(key, later), later)).toEqual({outcome: 'completed', jobId: first.jobId});
+        expect(await store.claimIdempotencyKey(claim(key, later), later)).toEqual({
+          outcome: 'completed',
+          jobId: first.jobId,
+        });
       });
 
       test('a completed key replays even after its job is deleted', async () => {
@@ -209,7 +252,10 @@ export function metadataStoreContract(name: string, create: () => Promise<Metada
         await store.saveJob(makeJob({id: first.jobId}, 1));
         await store.completeIdempotencyKey(key, first.jobId);
         await store.deleteJob(first.jobId);
-        expect(await store.claimIdempotencyKey(claim(key, now), now)).toEqual({outcome: 'completed', jobId: first.jobId});
+        expect(await store.claimIdempotencyKey(claim(key, now), now)).toEqual({
+          outcome: 'completed',
+          jobId: first.jobId,
+        });
       });
 
       test('a run whose lease ran out is taken over under the same job id', async () => {
@@ -218,8 +264,14 @@ export function metadataStoreContract(name: string, create: () => Promise<Metada
         const first = claim(key, now, {leaseMs: 1000});
         await store.claimIdempotencyKey(first, now);
         const later = new Date(now.getTime() + 5000);
-        expect(await store.claimIdempotencyKey(claim(key, later), later)).toEqual({outcome: 'claimed', jobId: first.jobId, recovered: true});
-        expect(await store.claimIdempotencyKey(claim(key, later), later)).toMatchObject({outcome: 'in_progress'});
+        expect(await store.claimIdempotencyKey(claim(key, later), later)).toEqual({
+          outcome: 'claimed',
+          jobId: first.jobId,
+          recovered: true,
+        });
+        expect(await store.claimIdempotencyKey(claim(key, later), later)).toMatchObject({
+          outcome: 'in_progress',
+        });
       });
 
       test('a released key can be claimed again; an expired key is forgotten', async () => {
@@ -229,11 +281,31 @@ export function metadataStoreContract(name: string, create: () => Promise<Metada
         await store.claimIdempotencyKey(first, now);
         await store.releaseIdempotencyKey(key, first.jobId);
         const second = claim(key, now, {fingerprint: 'other'});
-        expect(await store.claimIdempotencyKey(second, now)).toEqual({outcome: 'claimed', jobId: second.jobId, recovered: false});
+        expect(await store.claimIdempotencyKey(second, now)).toEqual({
+          outcome: 'claimed',
+          jobId: second.jobId,
+          recovered: false,
+        });
         const muchLater = new Date(now.getTime() + 120 * minute);
         const third = claim(key, muchLater, {fingerprint: 'third'});
-        expect(await store.claimIdempotencyKey(third, muchLater)).toEqual({outcome: 'claimed', jobId: third.jobId, recovered: false});
+        expect(await store.claimIdempotencyKey(third, muchLater)).toEqual({
+          outcome: 'claimed',
+          jobId: third.jobId,
+          recovered: false,
+        });
       });
+    });
+
+    test('quota reservations are atomic and never pass the limit', async () => {
+      const subject = `caller-${randomUUID().slice(0, 8)}`;
+      const results = await Promise.all(
+        Array.from({length: 12}, () => store.reserveQuota(subject, '2030-01-02', 1, 5)),
+      );
+      expect(results.filter(r => r.ok)).toHaveLength(5);
+      expect(await store.reserveQuota(subject, '2030-01-02', 1, 5)).toEqual({ok: false, used: 5});
+      await store.releaseQuota(subject, '2030-01-02', 2);
+      expect(await store.reserveQuota(subject, '2030-01-02', 2, 5)).toEqual({ok: true, used: 5});
+      expect(await store.reserveQuota(subject, '2030-01-03', 5, 5)).toEqual({ok: true, used: 5});
     });
 
     test('ping answers', async () => {

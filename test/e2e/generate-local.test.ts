@@ -39,7 +39,9 @@ describe('imageGen end to end, local store', () => {
   beforeEach(() => openai.reset());
 
   test('the legacy payload answers with an image URL that serves the stored image', async () => {
-    const {status, body} = await postJson(`${fn.url}/`, {input: {body: {prompt_image: 'Image of a sunset over mountains'}}});
+    const {status, body} = await postJson(`${fn.url}/`, {
+      input: {body: {prompt_image: 'Image of a sunset over mountains'}},
+    });
     expect(status).toBe(200);
     expect(body.status).toBe('completed');
     expect(body.job_id).toMatch(UUID);
@@ -87,14 +89,32 @@ describe('imageGen end to end, local store', () => {
       metadata: {order: 'A-17'},
     });
     expect(status).toBe(200);
-    expect(body.images.map((i: {content_type: string}) => i.content_type)).toEqual(['image/webp', 'image/webp', 'image/webp']);
+    expect(body.images.map((i: {content_type: string}) => i.content_type)).toEqual([
+      'image/webp',
+      'image/webp',
+      'image/webp',
+    ]);
     expect(new Set(body.images.map((i: {sha256: string}) => i.sha256)).size).toBe(3);
     expect(body.metadata).toEqual({order: 'A-17'});
-    expect(body.parameters).toMatchObject({count: 3, model: 'gpt-image-1', size: '1536x1024', quality: 'low', output_format: 'webp', output_compression: 60});
+    expect(body.parameters).toMatchObject({
+      count: 3,
+      model: 'gpt-image-1',
+      size: '1536x1024',
+      quality: 'low',
+      output_format: 'webp',
+      output_compression: 60,
+    });
     // count 3 fits in one call for GPT image models.
     expect(openai.requests).toHaveLength(1);
-    expect(openai.requests[0]!.body).toMatchObject({model: 'gpt-image-1', n: 3, size: '1536x1024', output_format: 'webp'});
-    const objects = filesUnder(join(dataDir(), 'objects', 'images', body.job_id)).map(f => f.split('/').pop());
+    expect(openai.requests[0]!.body).toMatchObject({
+      model: 'gpt-image-1',
+      n: 3,
+      size: '1536x1024',
+      output_format: 'webp',
+    });
+    const objects = filesUnder(join(dataDir(), 'objects', 'images', body.job_id)).map(f =>
+      f.split('/').pop(),
+    );
     expect(objects.sort()).toEqual(
       body.images.map((image: {id: string}, index: number) => `00${index}-${image.id}.webp`),
     );
@@ -110,25 +130,51 @@ describe('imageGen end to end, local store', () => {
     // parallel calls send all four, and the job then fails on the deadline
     // with every stored image removed again.
     openai.injectFault({kind: 'hang'});
-    const {status, body} = await postJson(`${fn.url}/generate`, {prompt: 'four cats', count: 4, model: 'dall-e-3'});
+    const {status, body} = await postJson(`${fn.url}/generate`, {
+      prompt: 'four cats',
+      count: 4,
+      model: 'dall-e-3',
+    });
     expect(openai.requests.filter(r => r.path === '/v1/images/generations')).toHaveLength(4);
     expect(openai.requests.every(r => (r.body as {n: number}).n === 1)).toBe(true);
     expect(status).toBe(504);
-    expect(body).toEqual({error: expect.stringMatching(/did not answer in time/), status: 'failed', code: 'UPSTREAM_TIMEOUT'});
+    expect(body).toEqual({
+      error: expect.stringMatching(/did not answer in time/),
+      status: 'failed',
+      code: 'UPSTREAM_TIMEOUT',
+    });
     expect(filesUnder(join(dataDir(), 'objects')).filter(f => !f.includes('.tmp-')).length).toBe(
       filesUnder(join(dataDir(), 'records', 'images')).length,
     );
   }, 20_000);
 
   test('dall-e-3 returns the revised prompt and no usage', async () => {
-    const {status, body} = await postJson(`${fn.url}/generate`, {prompt: 'a lighthouse', count: 2, model: 'dall-e-3', quality: 'hd', style: 'natural'});
+    const {status, body} = await postJson(`${fn.url}/generate`, {
+      prompt: 'a lighthouse',
+      count: 2,
+      model: 'dall-e-3',
+      quality: 'hd',
+      style: 'natural',
+    });
     expect(status).toBe(200);
     expect(body.usage).toBeNull();
     expect(body.images).toHaveLength(2);
     for (const image of body.images) expect(typeof image.revised_prompt).toBe('string');
     expect(openai.requests.map(r => r.body)).toEqual([
-      expect.objectContaining({model: 'dall-e-3', n: 1, quality: 'hd', style: 'natural', response_format: 'b64_json'}),
-      expect.objectContaining({model: 'dall-e-3', n: 1, quality: 'hd', style: 'natural', response_format: 'b64_json'}),
+      expect.objectContaining({
+        model: 'dall-e-3',
+        n: 1,
+        quality: 'hd',
+        style: 'natural',
+        response_format: 'b64_json',
+      }),
+      expect.objectContaining({
+        model: 'dall-e-3',
+        n: 1,
+        quality: 'hd',
+        style: 'natural',
+        response_format: 'b64_json',
+      }),
     ]);
   });
 
@@ -137,7 +183,11 @@ describe('imageGen end to end, local store', () => {
     const recordsBefore = filesUnder(join(dataDir(), 'records')).length;
     openai.setLatency(50);
     openai.injectFault({kind: 'content_policy'});
-    const {status, body} = await postJson(`${fn.url}/generate`, {prompt: 'three dogs', count: 3, model: 'dall-e-3'});
+    const {status, body} = await postJson(`${fn.url}/generate`, {
+      prompt: 'three dogs',
+      count: 3,
+      model: 'dall-e-3',
+    });
     expect(status).toBe(400);
     expect(body.code).toBe('CONTENT_POLICY_VIOLATION');
     expect(openai.requests).toHaveLength(3);
@@ -146,7 +196,10 @@ describe('imageGen end to end, local store', () => {
   });
 
   test('GPT image moderation refusals are CONTENT_POLICY_VIOLATION too', async () => {
-    const {status, body} = await postJson(`${fn.url}/generate`, {prompt: 'x [[content-policy]]', model: 'gpt-image-1'});
+    const {status, body} = await postJson(`${fn.url}/generate`, {
+      prompt: 'x [[content-policy]]',
+      model: 'gpt-image-1',
+    });
     expect([status, body.code]).toEqual([400, 'CONTENT_POLICY_VIOLATION']);
   });
 
@@ -155,7 +208,11 @@ describe('imageGen end to end, local store', () => {
     const {status, headers, body} = await postJson(`${fn.url}/generate`, {prompt: 'x'});
     expect(status).toBe(429);
     expect(headers.get('retry-after')).toBe('17');
-    expect(body).toMatchObject({status: 'failed', code: 'RATE_LIMIT_EXCEEDED', details: {upstream_status: 429}});
+    expect(body).toMatchObject({
+      status: 'failed',
+      code: 'RATE_LIMIT_EXCEEDED',
+      details: {upstream_status: 429},
+    });
     expect(body.error).toMatch(/rate limit/i);
   });
 
@@ -170,28 +227,49 @@ describe('imageGen end to end, local store', () => {
   });
 
   test('malformed JSON is INVALID_JSON, as JSON', async () => {
-    const response = await fetch(`${fn.url}/`, {method: 'POST', headers: {'content-type': 'application/json'}, body: '{"input":'});
+    const response = await fetch(`${fn.url}/`, {
+      method: 'POST',
+      headers: {'content-type': 'application/json'},
+      body: '{"input":',
+    });
     expect(response.status).toBe(400);
     expect(response.headers.get('content-type')).toMatch(/^application\/json/);
-    expect(await response.json()).toEqual({error: 'The request body is not valid JSON', status: 'failed', code: 'INVALID_JSON'});
+    expect(await response.json()).toEqual({
+      error: 'The request body is not valid JSON',
+      status: 'failed',
+      code: 'INVALID_JSON',
+    });
   });
 
   test('validation errors name the field and the allowed values, before any upstream call', async () => {
-    const {status, body} = await postJson(`${fn.url}/generate`, {prompt: 'x', model: 'dall-e-2', size: '1536x1024'});
+    const {status, body} = await postJson(`${fn.url}/generate`, {
+      prompt: 'x',
+      model: 'dall-e-2',
+      size: '1536x1024',
+    });
     expect(status).toBe(400);
     expect(body.code).toBe('VALIDATION_ERROR');
-    expect(body.error).toBe("size: '1536x1024' is invalid for dall-e-2 (not supported); allowed: 256x256, 512x512, 1024x1024");
+    expect(body.error).toBe(
+      "size: '1536x1024' is invalid for dall-e-2 (not supported); allowed: 256x256, 512x512, 1024x1024",
+    );
     expect(openai.requests).toHaveLength(0);
   });
 
   test('a body that is not JSON at all is 415', async () => {
-    const response = await fetch(`${fn.url}/generate`, {method: 'POST', headers: {'content-type': 'application/xml'}, body: '<x/>'});
+    const response = await fetch(`${fn.url}/generate`, {
+      method: 'POST',
+      headers: {'content-type': 'application/xml'},
+      body: '<x/>',
+    });
     expect(response.status).toBe(415);
     expect(((await response.json()) as {code: string}).code).toBe('UNSUPPORTED_MEDIA_TYPE');
   });
 
   test('a JSON body without a content type is accepted', async () => {
-    const response = await fetch(`${fn.url}/generate`, {method: 'POST', body: Buffer.from(JSON.stringify({prompt: 'no header'}))});
+    const response = await fetch(`${fn.url}/generate`, {
+      method: 'POST',
+      body: Buffer.from(JSON.stringify({prompt: 'no header'})),
+    });
     expect(response.status).toBe(200);
     expect(((await response.json()) as {images: {prompt: string}[]}).images[0]!.prompt).toBe('no header');
   });
@@ -233,11 +311,19 @@ describe('imageGen end to end, local store', () => {
     const missing = await getJson(`${fn.url}/nope`);
     expect([missing.status, missing.body.code]).toEqual([404, 'NOT_FOUND']);
     const wrong = await getJson(`${fn.url}/generate`);
-    expect([wrong.status, wrong.body.code, wrong.headers.get('allow')]).toEqual([405, 'METHOD_NOT_ALLOWED', 'POST']);
+    expect([wrong.status, wrong.body.code, wrong.headers.get('allow')]).toEqual([
+      405,
+      'METHOD_NOT_ALLOWED',
+      'POST',
+    ]);
   });
 
   test('URLs follow the forwarded proto and host', async () => {
-    const {body} = await postJson(`${fn.url}/generate`, {prompt: 'proxied'}, {'x-forwarded-proto': 'https', 'x-forwarded-host': 'img.example.com'});
+    const {body} = await postJson(
+      `${fn.url}/generate`,
+      {prompt: 'proxied'},
+      {'x-forwarded-proto': 'https', 'x-forwarded-host': 'img.example.com'},
+    );
     expect(body.image_url).toBe(`https://img.example.com/images/${body.images[0].id}`);
   });
 
@@ -250,7 +336,10 @@ describe('imageGen end to end, local store', () => {
     const access = fn.logs.filter(line => line.httpRequest);
     expect(access.length).toBeGreaterThan(10);
     for (const line of access) {
-      expect(line).toMatchObject({severity: expect.stringMatching(/^(INFO|WARNING|ERROR)$/), httpRequest: {status: expect.any(Number), latency: expect.stringMatching(/^\d+\.\d{3}s$/)}});
+      expect(line).toMatchObject({
+        severity: expect.stringMatching(/^(INFO|WARNING|ERROR)$/),
+        httpRequest: {status: expect.any(Number), latency: expect.stringMatching(/^\d+\.\d{3}s$/)},
+      });
     }
   });
 });
@@ -265,7 +354,11 @@ describe('imageGen configuration problems', () => {
       expect(health.body.api_key_configured).toBe(false);
       const {status, body} = await postJson(`${fn.url}/generate`, {prompt: 'x'});
       expect(status).toBe(500);
-      expect(body).toEqual({error: expect.stringMatching(/OPENAI_API_KEY is not set/), status: 'failed', code: 'SERVICE_ERROR'});
+      expect(body).toEqual({
+        error: expect.stringMatching(/OPENAI_API_KEY is not set/),
+        status: 'failed',
+        code: 'SERVICE_ERROR',
+      });
     } finally {
       await fn.close();
     }
@@ -273,7 +366,12 @@ describe('imageGen configuration problems', () => {
 
   test('a wrong key is SERVICE_ERROR and the key is not echoed', async () => {
     const openai = await startFakeOpenAI({apiKey: 'sk-right'});
-    const fn = await startFunction({DATA_DIR: dataDir(), OPENAI_API_KEY: 'sk-wrong-key-abcdef', OPENAI_BASE_URL: openai.url, UPSTREAM_MAX_RETRIES: '0'});
+    const fn = await startFunction({
+      DATA_DIR: dataDir(),
+      OPENAI_API_KEY: 'sk-wrong-key-abcdef',
+      OPENAI_BASE_URL: openai.url,
+      UPSTREAM_MAX_RETRIES: '0',
+    });
     try {
       const {status, body} = await postJson(`${fn.url}/generate`, {prompt: 'x'});
       expect([status, body.code]).toEqual([500, 'SERVICE_ERROR']);
@@ -286,7 +384,11 @@ describe('imageGen configuration problems', () => {
   });
 
   test('an invalid environment answers SERVICE_ERROR naming every bad variable', async () => {
-    const fn = await startFunction({DATA_DIR: dataDir(), DEFAULT_MODEL: 'dall-e-9', UPSTREAM_TIMEOUT_SECONDS: 'soon'});
+    const fn = await startFunction({
+      DATA_DIR: dataDir(),
+      DEFAULT_MODEL: 'dall-e-9',
+      UPSTREAM_TIMEOUT_SECONDS: 'soon',
+    });
     try {
       const {status, body} = await getJson(`${fn.url}/health`);
       expect([status, body.code]).toEqual([500, 'SERVICE_ERROR']);

@@ -6,7 +6,8 @@ import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
 import {postJson, startFunction, type RunningFunction} from '../support/function-server';
 import {useTempDir} from '../support/temp-dir';
 
-const generations = (openai: FakeOpenAI) => openai.requests.filter(r => r.path === '/v1/images/generations').length;
+const generations = (openai: FakeOpenAI) =>
+  openai.requests.filter(r => r.path === '/v1/images/generations').length;
 
 describe('idempotent generation', () => {
   const dataDir = useTempDir();
@@ -18,7 +19,13 @@ describe('idempotent generation', () => {
 
   beforeAll(async () => {
     openai = await startFakeOpenAI();
-    const env = {OPENAI_API_KEY: 'sk-test-key', OPENAI_BASE_URL: openai.url, DATA_DIR: dataDir(), UPSTREAM_MAX_RETRIES: '0', DEFAULT_MODEL: 'dall-e-2'};
+    const env = {
+      OPENAI_API_KEY: 'sk-test-key',
+      OPENAI_BASE_URL: openai.url,
+      DATA_DIR: dataDir(),
+      UPSTREAM_MAX_RETRIES: '0',
+      DEFAULT_MODEL: 'dall-e-2',
+    };
     fn = await startFunction(env);
     // A second instance over the same data, as Cloud Run would run side by side.
     other = await startFunction(env);
@@ -27,7 +34,6 @@ describe('idempotent generation', () => {
     await fn.close();
     await other.close();
     await openai.close();
-    expect(consoleError.mock.calls.flat().join('\n')).not.toMatch(/Exception from a finished function|Unhandled/);
     consoleError.mockRestore();
   });
   beforeEach(() => openai.reset());
@@ -50,7 +56,9 @@ describe('idempotent generation', () => {
     openai.setLatency(300);
     const key = randomUUID();
     const results = await Promise.all(
-      Array.from({length: 8}, () => postJson(`${fn.url}/generate`, body('together'), {'idempotency-key': key})),
+      Array.from({length: 8}, () =>
+        postJson(`${fn.url}/generate`, body('together'), {'idempotency-key': key}),
+      ),
     );
     expect(results.map(r => r.status)).toEqual(Array(8).fill(200));
     expect(new Set(results.map(r => r.body.job_id)).size).toBe(1);
@@ -76,7 +84,9 @@ describe('idempotent generation', () => {
   test('the key may come in the body, for Pub/Sub and Cloud Tasks callers', async () => {
     const key = randomUUID();
     const first = await postJson(`${fn.url}/generate`, {...body('in body'), idempotency_key: key});
-    const second = await postJson(`${fn.url}/`, {input: {body: {prompt_image: 'in body', size: '256x256', idempotency_key: key}}});
+    const second = await postJson(`${fn.url}/`, {
+      input: {body: {prompt_image: 'in body', size: '256x256', idempotency_key: key}},
+    });
     expect(second.body.job_id).toBe(first.body.job_id);
     expect(generations(openai)).toBe(1);
   });
@@ -89,7 +99,11 @@ describe('idempotent generation', () => {
   });
 
   test('header and body keys that disagree, or a malformed key, are refused', async () => {
-    const mismatch = await postJson(`${fn.url}/generate`, {...body('x'), idempotency_key: 'a'}, {'idempotency-key': 'b'});
+    const mismatch = await postJson(
+      `${fn.url}/generate`,
+      {...body('x'), idempotency_key: 'a'},
+      {'idempotency-key': 'b'},
+    );
     expect([mismatch.status, mismatch.body.code]).toEqual([400, 'VALIDATION_ERROR']);
     const long = await postJson(`${fn.url}/generate`, body('x'), {'idempotency-key': 'k'.repeat(256)});
     expect(long.body.error).toMatch(/^Idempotency-Key: /);
@@ -115,22 +129,37 @@ describe('idempotent generation', () => {
     const images = new LocalImageStore(dataDir());
     // What a crashed run leaves: a claim whose lease ran out, and one stored image.
     const past = new Date(Date.now() - 3600_000);
-    const fingerprintProbe = await postJson(`${fn.url}/generate`, body('probe'), {'idempotency-key': `${key}-probe`});
+    const fingerprintProbe = await postJson(`${fn.url}/generate`, body('probe'), {
+      'idempotency-key': `${key}-probe`,
+    });
     expect(fingerprintProbe.status).toBe(200);
     const probeHash = createHash('sha256').update(`${key}-probe`).digest('hex');
     // The same parameters under another key give the fingerprint the crashed run would have stored.
-    const probe = JSON.parse(readFileSync(`${dataDir()}/records/idempotency/${probeHash}.json`, 'utf8')) as {fingerprint: string};
+    const probe = JSON.parse(readFileSync(`${dataDir()}/records/idempotency/${probeHash}.json`, 'utf8')) as {
+      fingerprint: string;
+    };
     await store.claimIdempotencyKey(
-      {keyHash, fingerprint: probe.fingerprint, jobId, leaseUntil: past, expiresAt: new Date(Date.now() + 3600_000)},
+      {
+        keyHash,
+        fingerprint: probe.fingerprint,
+        jobId,
+        leaseUntil: past,
+        expiresAt: new Date(Date.now() + 3600_000),
+      },
       new Date(past.getTime() - 1000),
     );
-    await images.put(`images/${jobId}/000-${randomUUID()}.png`, Buffer.from('partial'), {contentType: 'image/png', metadata: {}});
+    await images.put(`images/${jobId}/000-${randomUUID()}.png`, Buffer.from('partial'), {
+      contentType: 'image/png',
+      metadata: {},
+    });
     openai.reset();
 
     const recovered = await postJson(`${fn.url}/generate`, body('probe'), {'idempotency-key': key});
     expect(recovered.status).toBe(200);
     expect(recovered.body.job_id).toBe(jobId);
-    expect(await images.list(`images/${jobId}/`)).toEqual([recovered.body.images[0].id].map(id => expect.stringContaining(id)));
+    expect(await images.list(`images/${jobId}/`)).toEqual(
+      [recovered.body.images[0].id].map(id => expect.stringContaining(id)),
+    );
     expect(generations(openai)).toBe(1);
   });
 
@@ -141,5 +170,11 @@ describe('idempotent generation', () => {
     const replay = await postJson(`${fn.url}/generate`, body('gone'), {'idempotency-key': key});
     expect([replay.status, replay.body.code]).toEqual([404, 'JOB_NOT_FOUND']);
     expect(generations(openai)).toBe(1);
+  });
+
+  test('no request left a rejection unhandled', () => {
+    expect(consoleError.mock.calls.flat().join('\n')).not.toMatch(
+      /Exception from a finished function|Unhandled/,
+    );
   });
 });

@@ -20,14 +20,23 @@ export function resourceSuite(name: string, backend: Backend): void {
     let fn: RunningFunction;
     const validator = new OpenApiValidator();
 
-    async function call(method: string, path: string, body?: unknown): Promise<{status: number; headers: Headers; body: any}> {
+    async function call(
+      method: string,
+      path: string,
+      body?: unknown,
+    ): Promise<{status: number; headers: Headers; body: any}> {
       const url = `${fn.url}${path}`;
       const response = await fetch(url, {
         method,
-        ...(body === undefined ? {} : {headers: {'content-type': 'application/json'}, body: JSON.stringify(body)}),
+        ...(body === undefined
+          ? {}
+          : {headers: {'content-type': 'application/json'}, body: JSON.stringify(body)}),
       });
       const text = await response.text();
-      const parsed = text && response.headers.get('content-type')?.startsWith('application/json') ? JSON.parse(text) : text;
+      const parsed =
+        text && response.headers.get('content-type')?.startsWith('application/json')
+          ? JSON.parse(text)
+          : text;
       validator.check(method, url, response.status, parsed);
       return {status: response.status, headers: response.headers, body: parsed};
     }
@@ -40,7 +49,11 @@ export function resourceSuite(name: string, backend: Backend): void {
 
     beforeAll(async () => {
       openai = await startFakeOpenAI();
-      fn = await startFunction({OPENAI_API_KEY: 'sk-test-key', OPENAI_BASE_URL: openai.url, ...backend.env()});
+      fn = await startFunction({
+        OPENAI_API_KEY: 'sk-test-key',
+        OPENAI_BASE_URL: openai.url,
+        ...backend.env(),
+      });
     });
     afterAll(async () => {
       await fn.close();
@@ -86,7 +99,9 @@ export function resourceSuite(name: string, backend: Backend): void {
       } while (cursor && pages < 10);
       expect(pages).toBe(3);
       expect(new Set(seen)).toEqual(new Set(made));
-      const created = await Promise.all(seen.map(async id => (await call('GET', `/jobs/${id}`)).body.created_at as string));
+      const created = await Promise.all(
+        seen.map(async id => (await call('GET', `/jobs/${id}`)).body.created_at as string),
+      );
       expect([...created].sort().reverse()).toEqual(created);
 
       const completed = await call('GET', `/jobs?status=completed&limit=100&metadata.tag=${tag}`);
@@ -130,7 +145,11 @@ export function resourceSuite(name: string, backend: Backend): void {
     test('DELETE /jobs/:id removes the job and all its images', async () => {
       const job = await generate({prompt: 'delete all', count: 3});
       const deleted = await call('DELETE', `/jobs/${job.job_id}`);
-      expect(deleted.body).toEqual({status: 'deleted', job_id: job.job_id, image_ids: job.images.map((i: {id: string}) => i.id)});
+      expect(deleted.body).toEqual({
+        status: 'deleted',
+        job_id: job.job_id,
+        image_ids: job.images.map((i: {id: string}) => i.id),
+      });
       expect((await call('GET', `/jobs/${job.job_id}`)).status).toBe(404);
       for (const image of job.images) expect((await call('GET', `/images/${image.id}`)).status).toBe(404);
       const paths = await backend.objectPaths();
@@ -152,12 +171,27 @@ export function resourceSuite(name: string, backend: Backend): void {
       const {status, body} = await call('GET', '/openapi.json');
       expect(status).toBe(200);
       expect(body.openapi).toBe('3.1.0');
-      expect(Object.keys(body.paths).sort()).toEqual(
-        ['/', '/generate', '/health', '/images/{id}', '/images/{id}/url', '/jobs', '/jobs/{id}', '/openapi.json'],
-      );
+      expect(Object.keys(body.paths).sort()).toEqual([
+        '/',
+        '/generate',
+        '/health',
+        '/images/{id}',
+        '/images/{id}/url',
+        '/jobs',
+        '/jobs/{id}',
+        '/openapi.json',
+      ]);
       // Every reference resolves to a named component.
       expect(JSON.stringify(body)).not.toMatch(/__shared|\$defs/);
-      expect(Object.keys(body['x-error-codes'])).toEqual(expect.arrayContaining(['VALIDATION_ERROR', 'IMAGE_NOT_FOUND', 'JOB_NOT_FOUND', 'NOT_FOUND', 'METHOD_NOT_ALLOWED']));
+      expect(Object.keys(body['x-error-codes'])).toEqual(
+        expect.arrayContaining([
+          'VALIDATION_ERROR',
+          'IMAGE_NOT_FOUND',
+          'JOB_NOT_FOUND',
+          'NOT_FOUND',
+          'METHOD_NOT_ALLOWED',
+        ]),
+      );
     });
 
     test('unknown routes and wrong methods are documented errors', async () => {

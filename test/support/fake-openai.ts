@@ -103,7 +103,7 @@ function invalidRequest(message: string, param: string | null, code: string | nu
 
 /** 'a', 'a' and 'b', 'a', 'b', and 'c' — each value quoted. */
 function quotedList(values: readonly string[]): string {
-  const q = values.map((v) => `'${v}'`);
+  const q = values.map(v => `'${v}'`);
   if (q.length <= 1) return q.join('');
   if (q.length === 2) return `${q[0]} and ${q[1]}`;
   return `${q.slice(0, -1).join(', ')}, and ${q[q.length - 1]}`;
@@ -230,17 +230,38 @@ interface ModelSpec {
 const GPT_IMAGE_SIZES = ['1024x1024', '1536x1024', '1024x1536', 'auto'] as const;
 
 function gptImageSpec(customSizes: boolean): ModelSpec {
-  return {family: 'gpt-image', maxPrompt: 32000, maxN: 10, sizes: GPT_IMAGE_SIZES, defaultSize: 'auto', customSizes};
+  return {
+    family: 'gpt-image',
+    maxPrompt: 32000,
+    maxN: 10,
+    sizes: GPT_IMAGE_SIZES,
+    defaultSize: 'auto',
+    customSizes,
+  };
 }
 
 const MODELS: ReadonlyMap<string, ModelSpec> = new Map<string, ModelSpec>([
   [
     'dall-e-2',
-    {family: 'dall-e-2', maxPrompt: 1000, maxN: 10, sizes: ['256x256', '512x512', '1024x1024'], defaultSize: '1024x1024', customSizes: false},
+    {
+      family: 'dall-e-2',
+      maxPrompt: 1000,
+      maxN: 10,
+      sizes: ['256x256', '512x512', '1024x1024'],
+      defaultSize: '1024x1024',
+      customSizes: false,
+    },
   ],
   [
     'dall-e-3',
-    {family: 'dall-e-3', maxPrompt: 4000, maxN: 1, sizes: ['1024x1024', '1792x1024', '1024x1792'], defaultSize: '1024x1024', customSizes: false},
+    {
+      family: 'dall-e-3',
+      maxPrompt: 4000,
+      maxN: 1,
+      sizes: ['1024x1024', '1792x1024', '1024x1792'],
+      defaultSize: '1024x1024',
+      customSizes: false,
+    },
   ],
   ['gpt-image-1', gptImageSpec(false)],
   ['gpt-image-1-mini', gptImageSpec(false)],
@@ -445,7 +466,10 @@ function validateGenerationRequest(body: unknown): ResolvedRequest {
     quality = q === 'auto' ? 'high' : q;
   }
 
-  const style = spec.family === 'dall-e-3' ? (checkEnum('style', b.style, ['vivid', 'natural'] as const) ?? 'vivid') : undefined;
+  const style =
+    spec.family === 'dall-e-3'
+      ? (checkEnum('style', b.style, ['vivid', 'natural'] as const) ?? 'vivid')
+      : undefined;
   const responseFormat = isGpt
     ? 'b64_json'
     : (checkEnum('response_format', b.response_format, ['url', 'b64_json'] as const) ?? 'url');
@@ -484,7 +508,11 @@ function validateGenerationRequest(body: unknown): ResolvedRequest {
   if (isPresent(b.stream)) {
     if (typeof b.stream !== 'boolean') throw invalidType('stream', 'a boolean', b.stream);
     if (b.stream) {
-      throw invalidRequest('Streaming is not supported by the fake OpenAI server.', 'stream', 'unsupported_value');
+      throw invalidRequest(
+        'Streaming is not supported by the fake OpenAI server.',
+        'stream',
+        'unsupported_value',
+      );
     }
   }
 
@@ -506,7 +534,8 @@ function validateGenerationRequest(body: unknown): ResolvedRequest {
 }
 
 function revisePrompt(prompt: string, style: 'vivid' | 'natural' | undefined): string {
-  const lead = style === 'natural' ? 'A natural, true-to-life depiction of' : 'A vivid, richly detailed depiction of';
+  const lead =
+    style === 'natural' ? 'A natural, true-to-life depiction of' : 'A vivid, richly detailed depiction of';
   return `${lead} ${prompt.trim()}, with a balanced composition, soft directional lighting and fine textures.`;
 }
 
@@ -551,7 +580,7 @@ function getVariant(spec: ImageSpec, index: number): Promise<Buffer> {
     // Refresh recency for the simple LRU below.
     variantPools.delete(key);
   } else {
-    pool = new Array<Promise<Buffer> | undefined>(POOL_SIZE).fill(undefined);
+    pool = Array.from<Promise<Buffer> | undefined>({length: POOL_SIZE});
   }
   variantPools.set(key, pool);
   while (variantPools.size > POOL_CACHE_KEYS) {
@@ -702,7 +731,11 @@ function nextImageId(): string {
   return `${processNonce}${stampCounter.toString(36).padStart(6, '0')}`;
 }
 
-const CONTENT_TYPES: Record<OutputFormat, string> = {png: 'image/png', jpeg: 'image/jpeg', webp: 'image/webp'};
+const CONTENT_TYPES: Record<OutputFormat, string> = {
+  png: 'image/png',
+  jpeg: 'image/jpeg',
+  webp: 'image/webp',
+};
 
 // ---------------------------------------------------------------------------
 // Server
@@ -721,7 +754,7 @@ interface StoredImage {
 
 type FaultEntry = {fault: FakeFault; remaining: number} | {fault: FakeFault; probability: number};
 
-const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
+const yieldToEventLoop = () => new Promise<void>(resolve => setImmediate(resolve));
 
 class FakeOpenAIServer implements FakeOpenAI {
   readonly requests: RecordedRequest[] = [];
@@ -779,17 +812,23 @@ class FakeOpenAIServer implements FakeOpenAI {
     if (opts.times !== undefined && opts.probability !== undefined) {
       throw new TypeError('injectFault: times and probability are mutually exclusive');
     }
-    if (fault.kind === 'server_error' && fault.status !== undefined && ![500, 502, 503].includes(fault.status)) {
+    if (
+      fault.kind === 'server_error' &&
+      fault.status !== undefined &&
+      ![500, 502, 503].includes(fault.status)
+    ) {
       throw new RangeError(`injectFault: unsupported server_error status ${String(fault.status)}`);
     }
     if (opts.probability !== undefined) {
       const p = opts.probability;
-      if (!Number.isFinite(p) || p < 0 || p > 1) throw new RangeError('injectFault: probability must be within 0..1');
+      if (!Number.isFinite(p) || p < 0 || p > 1)
+        throw new RangeError('injectFault: probability must be within 0..1');
       this.faults.push({fault, probability: p});
       return;
     }
     const times = opts.times ?? 1;
-    if (!Number.isInteger(times) || times < 1) throw new RangeError('injectFault: times must be a positive integer');
+    if (!Number.isInteger(times) || times < 1)
+      throw new RangeError('injectFault: times must be a positive integer');
     this.faults.push({fault, remaining: times});
   }
 
@@ -811,7 +850,7 @@ class FakeOpenAIServer implements FakeOpenAI {
       sleeper.resolve();
     }
     this.sleepers.clear();
-    this.closing = new Promise<void>((resolve) => {
+    this.closing = new Promise<void>(resolve => {
       this.server.close(() => resolve());
       this.server.closeAllConnections();
       for (const socket of this.sockets) socket.destroy();
@@ -825,7 +864,7 @@ class FakeOpenAIServer implements FakeOpenAI {
     const counted = this.faults.find((f): f is {fault: FakeFault; remaining: number} => 'remaining' in f);
     if (counted) {
       counted.remaining -= 1;
-      if (counted.remaining <= 0) this.faults = this.faults.filter((f) => f !== counted);
+      if (counted.remaining <= 0) this.faults = this.faults.filter(f => f !== counted);
       return counted.fault;
     }
     for (const entry of this.faults) {
@@ -836,7 +875,7 @@ class FakeOpenAIServer implements FakeOpenAI {
 
   private sleep(ms: number): Promise<void> {
     if (ms <= 0 || this.closed) return Promise.resolve();
-    return new Promise((resolve) => {
+    return new Promise(resolve => {
       const sleeper = {
         timer: setTimeout(() => {
           this.sleepers.delete(sleeper);
@@ -922,7 +961,12 @@ class FakeOpenAIServer implements FakeOpenAI {
       }
       this.sendError(
         res,
-        new ApiError(404, {message: `Invalid URL (${method} ${path})`, type: 'invalid_request_error', param: null, code: null}),
+        new ApiError(404, {
+          message: `Invalid URL (${method} ${path})`,
+          type: 'invalid_request_error',
+          param: null,
+          code: null,
+        }),
       );
       return;
     }
@@ -939,7 +983,8 @@ class FakeOpenAIServer implements FakeOpenAI {
         case 'server_error':
           return this.sendError(res, serverError(fault.status ?? 500));
         case 'content_policy': {
-          const model = typeof parsed === 'object' && parsed !== null ? (parsed as {model?: unknown}).model : undefined;
+          const model =
+            typeof parsed === 'object' && parsed !== null ? (parsed as {model?: unknown}).model : undefined;
           return this.sendError(res, contentPolicyError(familyOf(model), requestId));
         }
         case 'connection_reset':
@@ -948,9 +993,14 @@ class FakeOpenAIServer implements FakeOpenAI {
         case 'hang':
           return; // The socket stays open until close().
         case 'malformed':
-          this.send(res, 200, Buffer.from('{"created": 1700000000, "data": [{"b64_json": "iVBORw0KGgoAAAANSUhEUgAA'), {
-            'content-type': 'application/json',
-          });
+          this.send(
+            res,
+            200,
+            Buffer.from('{"created": 1700000000, "data": [{"b64_json": "iVBORw0KGgoAAAANSUhEUgAA'),
+            {
+              'content-type': 'application/json',
+            },
+          );
           return;
       }
     }
@@ -970,7 +1020,7 @@ class FakeOpenAIServer implements FakeOpenAI {
       return this.sendError(
         res,
         invalidRequest(
-          'We could not parse the JSON body of your request. (HINT: This likely means you aren\'t using your HTTP ' +
+          "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP " +
             'library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you ' +
             'have trouble figuring out how to fix this, please contact us through our help center at help.openai.com.)',
           null,
@@ -1023,14 +1073,19 @@ class FakeOpenAIServer implements FakeOpenAI {
     }
     const metaJson = JSON.stringify(meta);
     const pieces: string[] = [`${metaJson.slice(0, -1)},"data":[`];
-    const revised = req.family === 'dall-e-3' ? `,"revised_prompt":${JSON.stringify(revisePrompt(req.prompt, req.style))}` : '';
+    const revised =
+      req.family === 'dall-e-3'
+        ? `,"revised_prompt":${JSON.stringify(revisePrompt(req.prompt, req.style))}`
+        : '';
     for (const [i, base] of bases.entries()) {
       if (this.closed) break;
       const id = `img-${nextImageId()}`;
       const separator = i === 0 ? '' : ',';
       if (req.responseFormat === 'url') {
         this.storeUrlImage(id, {base, spec});
-        pieces.push(`${separator}{"url":${JSON.stringify(`${this.origin}/images/${id}.${spec.format}`)}${revised}}`);
+        pieces.push(
+          `${separator}{"url":${JSON.stringify(`${this.origin}/images/${id}.${spec.format}`)}${revised}}`,
+        );
       } else {
         pieces.push(`${separator}{"b64_json":"`);
         const bytes = stamp(base, spec, id);
@@ -1056,7 +1111,12 @@ class FakeOpenAIServer implements FakeOpenAI {
     }
   }
 
-  private writeHead(res: ServerResponse, status: number, length: number, headers: Record<string, string>): boolean {
+  private writeHead(
+    res: ServerResponse,
+    status: number,
+    length: number,
+    headers: Record<string, string>,
+  ): boolean {
     if (this.closed || res.destroyed || res.headersSent) return false;
     res.writeHead(status, {
       'openai-version': '2020-10-01',
@@ -1072,13 +1132,18 @@ class FakeOpenAIServer implements FakeOpenAI {
   }
 
   /** Writes a body given as text pieces, honouring backpressure. */
-  private async sendPieces(res: ServerResponse, status: number, pieces: string[], headers: Record<string, string>): Promise<void> {
+  private async sendPieces(
+    res: ServerResponse,
+    status: number,
+    pieces: string[],
+    headers: Record<string, string>,
+  ): Promise<void> {
     const length = pieces.reduce((sum, piece) => sum + Buffer.byteLength(piece, 'utf8'), 0);
     if (!this.writeHead(res, status, length, headers)) return;
     for (const piece of pieces) {
       if (this.closed || res.destroyed) return;
       if (!res.write(piece, 'utf8')) {
-        await new Promise<void>((resolve) => {
+        await new Promise<void>(resolve => {
           const done = () => {
             res.off('drain', done);
             res.off('close', done);
@@ -1101,13 +1166,14 @@ class FakeOpenAIServer implements FakeOpenAI {
 }
 
 function checkLatency(ms: number): number {
-  if (!Number.isFinite(ms) || ms < 0) throw new RangeError(`latency must be a non-negative number of ms, got ${ms}`);
+  if (!Number.isFinite(ms) || ms < 0)
+    throw new RangeError(`latency must be a non-negative number of ms, got ${ms}`);
   return ms;
 }
 
 /** Reads the whole body; undefined when it exceeds MAX_BODY_BYTES. */
 function readBody(req: IncomingMessage): Promise<Buffer | undefined> {
-  return new Promise((resolve) => {
+  return new Promise(resolve => {
     const chunks: Buffer[] = [];
     let size = 0;
     let tooLarge = false;

@@ -37,9 +37,13 @@ export class OpenApiValidator {
     if (!response) throw new Error(`${method} ${template} does not document status ${status}`);
     const schema = response.content?.['application/json']?.schema;
     if (schema) {
-      const validate = this.ajv.compile({$ref: `openapi.json#/paths/${encodePointer(template)}/${method.toLowerCase()}/responses/${status}/content/application~1json/schema`});
+      const validate = this.ajv.compile({
+        $ref: `openapi.json#/paths/${encodePointer(template)}/${method.toLowerCase()}/responses/${status}/content/application~1json/schema`,
+      });
       if (!validate(body)) {
-        throw new Error(`${method} ${template} ${status} body does not match: ${this.ajv.errorsText(validate.errors)}`);
+        throw new Error(
+          `${method} ${template} ${status} body does not match: ${this.ajv.errorsText(validate.errors)}`,
+        );
       }
     }
     this.checked.push(`${method} ${template} ${status}`);

@@ -43,7 +43,12 @@ export function makeJob(overrides: Partial<JobRecord> = {}, imageCount = 2): Job
       allow_partial: false,
     },
     metadata: {},
-    usage: {total_tokens: 10, input_tokens: 4, output_tokens: 6, input_tokens_details: {text_tokens: 4, image_tokens: 0}},
+    usage: {
+      total_tokens: 10,
+      input_tokens: 4,
+      output_tokens: 6,
+      input_tokens_details: {text_tokens: 4, image_tokens: 0},
+    },
     images,
     failures: [],
     created_at: createdAt,

@@ -16,14 +16,29 @@ describe('loadConfig', () => {
   });
 
   test('the current names win over the older ones', () => {
-    const config = loadConfig({OPENAI_API: 'sk-old', OPENAI_API_KEY: 'sk-new', OPENAI_ORGANIZATION: 'org-new', OPENAI_ORG_ID: 'org-old'});
+    const config = loadConfig({
+      OPENAI_API: 'sk-old',
+      OPENAI_API_KEY: 'sk-new',
+      OPENAI_ORGANIZATION: 'org-new',
+      OPENAI_ORG_ID: 'org-old',
+    });
     expect(config.openai.apiKey).toBe('sk-new');
     expect(config.openai.organization).toBe('org-new');
   });
 
   test('GCS_BUCKET switches to Cloud Storage and Firestore', () => {
-    const config = loadConfig({GCS_BUCKET: 'my-images', GOOGLE_CLOUD_PROJECT: 'proj', FIRESTORE_DATABASE: 'imagegen'});
-    expect(config.storage).toEqual({kind: 'gcp', bucket: 'my-images', projectId: 'proj', firestoreDatabase: 'imagegen', storageEndpoint: undefined});
+    const config = loadConfig({
+      GCS_BUCKET: 'my-images',
+      GOOGLE_CLOUD_PROJECT: 'proj',
+      FIRESTORE_DATABASE: 'imagegen',
+    });
+    expect(config.storage).toEqual({
+      kind: 'gcp',
+      bucket: 'my-images',
+      projectId: 'proj',
+      firestoreDatabase: 'imagegen',
+      storageEndpoint: undefined,
+    });
     expect(config.urls.mode).toBe('signed');
   });
 
@@ -45,16 +60,28 @@ describe('loadConfig', () => {
   test('every bad variable is listed in one error', () => {
     let error: unknown;
     try {
-      loadConfig({DEFAULT_MODEL: 'dall-e-9', GCS_BUCKET: 'Bad_Bucket!', PUBLIC_BASE_URL: 'ftp://x', UPSTREAM_TIMEOUT_SECONDS: '2'});
+      loadConfig({
+        DEFAULT_MODEL: 'dall-e-9',
+        GCS_BUCKET: 'Bad_Bucket!',
+        PUBLIC_BASE_URL: 'ftp://x',
+        UPSTREAM_TIMEOUT_SECONDS: '2',
+      });
     } catch (e) {
       error = e;
     }
     expect(error).toBeInstanceOf(ConfigError);
     const problems = (error as ConfigError).problems.map(p => p.split(':')[0]);
-    expect(problems.sort()).toEqual(['DEFAULT_MODEL', 'GCS_BUCKET', 'PUBLIC_BASE_URL', 'UPSTREAM_TIMEOUT_SECONDS']);
+    expect(problems.sort()).toEqual([
+      'DEFAULT_MODEL',
+      'GCS_BUCKET',
+      'PUBLIC_BASE_URL',
+      'UPSTREAM_TIMEOUT_SECONDS',
+    ]);
   });
 
   test('PUBLIC_BASE_URL loses its trailing slash', () => {
-    expect(loadConfig({PUBLIC_BASE_URL: 'https://img.example.com/'}).publicBaseUrl).toBe('https://img.example.com');
+    expect(loadConfig({PUBLIC_BASE_URL: 'https://img.example.com/'}).publicBaseUrl).toBe(
+      'https://img.example.com',
+    );
   });
 });

@@ -11,7 +11,15 @@ describe('parseGenerateRequest', () => {
     const result = parseGenerateRequest({input: {body: {prompt_image: '  a sunset  '}}}, 'gpt-image-1.5');
     expect(result).toEqual({
       ok: true,
-      command: {prompt: 'a sunset', count: 1, model: 'gpt-image-1.5', size: '1024x1024', metadata: {}, allowPartial: false, source: 'legacy'},
+      command: {
+        prompt: 'a sunset',
+        count: 1,
+        model: 'gpt-image-1.5',
+        size: '1024x1024',
+        metadata: {},
+        allowPartial: false,
+        source: 'legacy',
+      },
     });
   });
 
@@ -50,31 +58,62 @@ describe('parseGenerateRequest', () => {
   });
 
   test.each([
-    [{prompt: 'x', model: 'dall-e-2', size: '1792x1024'}, "size: '1792x1024' is invalid for dall-e-2 (not supported); allowed: 256x256, 512x512, 1024x1024"],
-    [{prompt: 'x', model: 'dall-e-3', quality: 'high'}, "quality: 'high' is invalid for dall-e-3; allowed: standard, hd"],
+    [
+      {prompt: 'x', model: 'dall-e-2', size: '1792x1024'},
+      "size: '1792x1024' is invalid for dall-e-2 (not supported); allowed: 256x256, 512x512, 1024x1024",
+    ],
+    [
+      {prompt: 'x', model: 'dall-e-3', quality: 'high'},
+      "quality: 'high' is invalid for dall-e-3; allowed: standard, hd",
+    ],
     [{prompt: 'x', model: 'gpt-image-1', style: 'vivid'}, 'style: gpt-image-1 does not take a style'],
-    [{prompt: 'x', model: 'dall-e-3', style: 'moody'}, "style: 'moody' is invalid for dall-e-3; allowed: vivid, natural"],
-    [{prompt: 'x', model: 'dall-e-3', output_format: 'png'}, 'output_format: only GPT image models take output_format; dall-e-3 does not'],
-    [{prompt: 'x', model: 'gpt-image-1', output_compression: 50}, 'output_compression: only applies to output_format jpeg or webp'],
-    [{prompt: 'x', model: 'gpt-image-1', background: 'transparent', output_format: 'jpeg'}, 'background: transparent needs output_format png or webp'],
-    [{prompt: 'x'.repeat(1001), model: 'dall-e-2'}, 'prompt: is 1001 characters; dall-e-2 accepts at most 1000'],
-    [{prompt: 'x'.repeat(4001), model: 'dall-e-3'}, 'prompt: is 4001 characters; dall-e-3 accepts at most 4000'],
+    [
+      {prompt: 'x', model: 'dall-e-3', style: 'moody'},
+      "style: 'moody' is invalid for dall-e-3; allowed: vivid, natural",
+    ],
+    [
+      {prompt: 'x', model: 'dall-e-3', output_format: 'png'},
+      'output_format: only GPT image models take output_format; dall-e-3 does not',
+    ],
+    [
+      {prompt: 'x', model: 'gpt-image-1', output_compression: 50},
+      'output_compression: only applies to output_format jpeg or webp',
+    ],
+    [
+      {prompt: 'x', model: 'gpt-image-1', background: 'transparent', output_format: 'jpeg'},
+      'background: transparent needs output_format png or webp',
+    ],
+    [
+      {prompt: 'x'.repeat(1001), model: 'dall-e-2'},
+      'prompt: is 1001 characters; dall-e-2 accepts at most 1000',
+    ],
+    [
+      {prompt: 'x'.repeat(4001), model: 'dall-e-3'},
+      'prompt: is 4001 characters; dall-e-3 accepts at most 4000',
+    ],
     [{prompt: 'x', count: 2, n: 3}, 'count: `count` and `n` disagree; send one of them'],
-    [{prompt: 'x', model: 'gpt-image-2', size: '1000x1000'}, "size: '1000x1000' is invalid for gpt-image-2 (width and height must be multiples of 16); allowed: 1024x1024, 1536x1024, 1024x1536, auto or a custom WIDTHxHEIGHT"],
+    [
+      {prompt: 'x', model: 'gpt-image-2', size: '1000x1000'},
+      "size: '1000x1000' is invalid for gpt-image-2 (width and height must be multiples of 16); allowed: 1024x1024, 1536x1024, 1024x1536, auto or a custom WIDTHxHEIGHT",
+    ],
   ])('model rules: %j', (body, message) => {
     expect(problems(parseGenerateRequest(body, 'gpt-image-1.5'))).toEqual([message]);
   });
 
   test('GPT image prompts may be 32000 characters, not more', () => {
     expect(parseGenerateRequest({prompt: 'x'.repeat(32000), model: 'gpt-image-1'}, 'dall-e-2').ok).toBe(true);
-    expect(problems(parseGenerateRequest({prompt: 'x'.repeat(32001), model: 'gpt-image-1'}, 'dall-e-2'))).toEqual([
-      'prompt: is 32001 characters; gpt-image-1 accepts at most 32000',
-    ]);
+    expect(
+      problems(parseGenerateRequest({prompt: 'x'.repeat(32001), model: 'gpt-image-1'}, 'dall-e-2')),
+    ).toEqual(['prompt: is 32001 characters; gpt-image-1 accepts at most 32000']);
   });
 
   test('gpt-image-2 takes custom sizes within limits', () => {
-    expect(parseGenerateRequest({prompt: 'x', model: 'gpt-image-2', size: '1536x864'}, 'dall-e-2').ok).toBe(true);
-    expect(parseGenerateRequest({prompt: 'x', model: 'gpt-image-1.5', size: '1536x864'}, 'dall-e-2').ok).toBe(false);
+    expect(parseGenerateRequest({prompt: 'x', model: 'gpt-image-2', size: '1536x864'}, 'dall-e-2').ok).toBe(
+      true,
+    );
+    expect(parseGenerateRequest({prompt: 'x', model: 'gpt-image-1.5', size: '1536x864'}, 'dall-e-2').ok).toBe(
+      false,
+    );
   });
 
   test('schema errors name the field and the allowed values', () => {
@@ -93,9 +132,14 @@ describe('parseGenerateRequest', () => {
     expect(problems(parseGenerateRequest({input: {body: {}}}, 'dall-e-2'))).toEqual([
       expect.stringMatching(/^input\.body\.prompt_image: /),
     ]);
-    expect(problems(parseGenerateRequest({input: {body: {prompt_image: 'x', model: 'dall-e-3', n: 1, size: '1x1'}}}, 'dall-e-2'))).toEqual([
-      expect.stringMatching(/^input\.body\.size: '1x1' is invalid for dall-e-3/),
-    ]);
+    expect(
+      problems(
+        parseGenerateRequest(
+          {input: {body: {prompt_image: 'x', model: 'dall-e-3', n: 1, size: '1x1'}}},
+          'dall-e-2',
+        ),
+      ),
+    ).toEqual([expect.stringMatching(/^input\.body\.size: '1x1' is invalid for dall-e-3/)]);
   });
 
   test.each([null, [], 'text', 42])('a body that is not an object (%j) is refused', body => {
@@ -114,8 +158,12 @@ describe('parseGenerateRequest', () => {
     expect(problems(parseGenerateRequest({prompt: 'x', metadata: tooMany}, 'dall-e-2'))).toEqual([
       'metadata: at most 20 keys',
     ]);
-    expect(problems(parseGenerateRequest({prompt: 'x', metadata: {a: 1}}, 'dall-e-2'))[0]).toMatch(/^metadata\.a: /);
-    expect(problems(parseGenerateRequest({prompt: 'x', metadata: {'bad key': 'v'}}, 'dall-e-2'))[0]).toMatch(/^metadata\.bad key: keys are/);
+    expect(problems(parseGenerateRequest({prompt: 'x', metadata: {a: 1}}, 'dall-e-2'))[0]).toMatch(
+      /^metadata\.a: /,
+    );
+    expect(problems(parseGenerateRequest({prompt: 'x', metadata: {'bad key': 'v'}}, 'dall-e-2'))[0]).toMatch(
+      /^metadata\.bad key: keys are/,
+    );
   });
 });
 

@@ -1,0 +1,123 @@
+import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
+import {getJson, postJson, startFunction, type RunningFunction} from '../support/function-server';
+import {useTempDir} from '../support/temp-dir';
+
+const ALICE = 'alice-key-0123456789abcdef';
+const BOB = 'bob-key-0123456789abcdef00';
+
+describe('API keys, quotas and refused input', () => {
+  const dataDir = useTempDir();
+  let openai: FakeOpenAI;
+  let fn: RunningFunction;
+
+  beforeAll(async () => {
+    openai = await startFakeOpenAI();
+    fn = await startFunction({
+      OPENAI_API_KEY: 'sk-test-key',
+      OPENAI_BASE_URL: openai.url,
+      DATA_DIR: dataDir(),
+      DEFAULT_MODEL: 'dall-e-2',
+      UPSTREAM_MAX_RETRIES: '0',
+      API_KEYS: `alice:${ALICE}:3,bob:${BOB}`,
+      MAX_BODY_BYTES: '2048',
+      LOG_PROMPTS: 'false',
+    });
+  });
+  afterAll(async () => {
+    await fn.close();
+    await openai.close();
+  });
+  beforeEach(() => openai.reset());
+
+  const small = {prompt: 'a secret prompt about pelicans', size: '256x256'};
+
+  test('without a key every route but health and the API document is 401', async () => {
+    const generate = await postJson(`${fn.url}/generate`, small);
+    expect([generate.status, generate.body.code]).toEqual([401, 'UNAUTHENTICATED']);
+    expect(generate.headers.get('www-authenticate')).toBe('Bearer');
+    for (const path of [
+      '/jobs',
+      '/jobs/6f1c7d1e-2a3b-4c5d-8e9f-0a1b2c3d4e5f',
+      '/images/6f1c7d1e-2a3b-4c5d-8e9f-0a1b2c3d4e5f',
+    ]) {
+      const read = await getJson(`${fn.url}${path}`);
+      expect([path, read.status, read.body.code]).toEqual([path, 401, 'UNAUTHENTICATED']);
+    }
+    expect((await getJson(`${fn.url}/health`)).status).toBe(200);
+    expect((await getJson(`${fn.url}/openapi.json`)).status).toBe(200);
+    expect(openai.requests).toHaveLength(0);
+  });
+
+  test('a wrong key is 401; a right one works in either header', async () => {
+    const wrong = await postJson(`${fn.url}/generate`, small, {'x-api-key': `${BOB}x`});
+    expect([wrong.status, wrong.body.error]).toEqual([401, 'The API key is not valid']);
+    const viaHeader = await postJson(`${fn.url}/generate`, small, {'x-api-key': BOB});
+    expect(viaHeader.status).toBe(200);
+    const viaBearer = await getJson(`${fn.url}/jobs/${viaHeader.body.job_id}`, {
+      headers: {authorization: `Bearer ${BOB}`},
+    });
+    expect([viaBearer.status, viaBearer.body.job_id]).toEqual([200, viaHeader.body.job_id]);
+  });
+
+  test('an ID token in Authorization does not hide a valid X-API-Key', async () => {
+    const both = await postJson(`${fn.url}/generate`, small, {
+      authorization: 'Bearer eyJhbGciOi.not-ours',
+      'x-api-key': BOB,
+    });
+    expect(both.status).toBe(200);
+  });
+
+  test('a daily quota is enforced before any upstream call, and failures give images back', async () => {
+    openai.injectFault({kind: 'server_error'});
+    const failed = await postJson(`${fn.url}/generate`, {...small, count: 2}, {'x-api-key': ALICE});
+    expect(failed.status).toBe(502);
+    const first = await postJson(`${fn.url}/generate`, {...small, count: 2}, {'x-api-key': ALICE});
+    expect(first.status).toBe(200);
+    const over = await postJson(`${fn.url}/generate`, {...small, count: 2}, {'x-api-key': ALICE});
+    expect([over.status, over.body.code]).toEqual([429, 'QUOTA_EXCEEDED']);
+    expect(Number(over.headers.get('retry-after'))).toBeGreaterThan(0);
+    expect(Number(over.headers.get('retry-after'))).toBeLessThanOrEqual(86400);
+    const last = await postJson(`${fn.url}/generate`, small, {'x-api-key': ALICE});
+    expect(last.status).toBe(200);
+    // Two failed-then-given-back images, two made, one more made: three upstream calls, none for the refusal.
+    expect(openai.requests).toHaveLength(3);
+  });
+
+  test('a body over MAX_BODY_BYTES is 413', async () => {
+    const big = await postJson(`${fn.url}/generate`, {prompt: 'x'.repeat(4096)}, {'x-api-key': BOB});
+    expect([big.status, big.body.code]).toEqual([413, 'PAYLOAD_TOO_LARGE']);
+  });
+
+  test.each([
+    ['__proto__', '{"prompt":"x","__proto__":{"admin":true}}'],
+    ['constructor', '{"prompt":"x","metadata":{"constructor":"y"}}'],
+  ])('a %s key is refused', async (_key, raw) => {
+    const response = await postJson(`${fn.url}/generate`, raw, {'x-api-key': BOB});
+    expect([response.status, response.body.code]).toEqual([400, 'VALIDATION_ERROR']);
+    expect(openai.requests).toHaveLength(0);
+  });
+
+  test('with LOG_PROMPTS=false no prompt and no key reaches the logs', () => {
+    const logs = JSON.stringify(fn.logs);
+    expect(fn.logs.some(line => line.message === 'generation started')).toBe(true);
+    expect(logs).not.toContain('pelicans');
+    for (const secret of ['sk-test-key', ALICE, BOB]) expect(logs).not.toContain(secret);
+    expect(
+      fn.logs.some(line => (line['logging.googleapis.com/labels'] as {caller?: string})?.caller === 'alice'),
+    ).toBe(true);
+  });
+});
+
+describe('API_KEYS validation', () => {
+  test('a malformed API_KEYS is a configuration error naming the entry', async () => {
+    const fn = await startFunction({API_KEYS: 'alice:short', DATA_DIR: '/tmp/unused-imagegen'});
+    try {
+      const {status, body} = await getJson(`${fn.url}/health`);
+      expect([status, body.code]).toEqual([500, 'SERVICE_ERROR']);
+      expect(body.error).toMatch(/API_KEYS: entry 1 must be name:key/);
+      expect(body.error).not.toContain('short');
+    } finally {
+      await fn.close();
+    }
+  });
+});
