@@ -1,0 +1,152 @@
+import fc from 'fast-check';
+import {ERROR_CODES} from '../../src/errors';
+import {MODEL_IDS, MODELS} from '../../src/domain/models';
+import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
+import {startFunction, type RunningFunction} from '../support/function-server';
+import {useTempDir} from '../support/temp-dir';
+
+/** Values of every JSON type, to put where a field expects one type. */
+const anyJson = fc.oneof(
+  fc.string({maxLength: 40}),
+  fc.integer({min: -5, max: 20}),
+  fc.double({noNaN: true, noDefaultInfinity: true}),
+  fc.boolean(),
+  fc.constant(null),
+  fc.array(fc.string({maxLength: 5}), {maxLength: 3}),
+  fc.dictionary(fc.string({maxLength: 5}), fc.string({maxLength: 5}), {maxKeys: 3}),
+);
+
+/** A field's plausible values mixed with wrong ones, so both sides of every rule are hit. */
+const field = <T>(valid: fc.Arbitrary<T>) =>
+  fc.option(fc.oneof({weight: 3, arbitrary: valid}, {weight: 1, arbitrary: anyJson}), {nil: undefined});
+
+const richBody = fc.record(
+  {
+    prompt: field(
+      fc.oneof(fc.string({minLength: 1, maxLength: 60}), fc.string({maxLength: 60, unit: 'binary'})),
+    ),
+    count: field(fc.integer({min: 0, max: 11})),
+    n: field(fc.integer({min: 1, max: 3})),
+    model: field(fc.constantFrom(...MODEL_IDS)),
+    size: field(
+      fc.constantFrom(
+        '256x256',
+        '512x512',
+        '1024x1024',
+        '1536x1024',
+        '1024x1792',
+        'auto',
+        '1536x864',
+        '999x999',
+      ),
+    ),
+    quality: field(fc.constantFrom('low', 'medium', 'high', 'auto', 'standard', 'hd')),
+    style: field(fc.constantFrom('vivid', 'natural')),
+    background: field(fc.constantFrom('transparent', 'opaque', 'auto')),
+    output_format: field(fc.constantFrom('png', 'jpeg', 'webp')),
+    output_compression: field(fc.integer({min: -1, max: 101})),
+    moderation: field(fc.constantFrom('low', 'auto')),
+    user: field(fc.string({maxLength: 10})),
+    metadata: field(fc.dictionary(fc.string({maxLength: 8}), fc.string({maxLength: 8}), {maxKeys: 4})),
+    allow_partial: field(fc.boolean()),
+    unexpected: fc.option(anyJson, {nil: undefined}),
+  },
+  {requiredKeys: []},
+);
+
+/** Requests valid by construction, so the success path runs under the same property. */
+const validBody = fc.constantFrom(...MODEL_IDS).chain(model => {
+  const rules = MODELS[model];
+  return fc.record(
+    {
+      prompt: fc
+        .string({minLength: 1, maxLength: 60})
+        .filter(p => p.trim().length > 0 && ![...p].some(c => c < ' ' || c === '\u007f')),
+      count: fc.integer({min: 1, max: 3}),
+      model: fc.constant(model),
+      size: fc.constantFrom(
+        ...rules.sizes.filter(size => size === 'auto' || Number(size.split('x')[0]) <= 1536),
+      ),
+      quality: fc.constantFrom(...rules.qualities),
+      metadata: fc.dictionary(fc.stringMatching(/^[a-z]{1,8}$/), fc.string({maxLength: 8}), {maxKeys: 3}),
+    },
+    {requiredKeys: ['prompt', 'model']},
+  );
+});
+
+const body = fc.oneof(
+  {weight: 3, arbitrary: validBody.map(b => JSON.stringify(b))},
+  {weight: 6, arbitrary: richBody.map(b => JSON.stringify(b))},
+  {
+    weight: 2,
+    arbitrary: richBody.map(b =>
+      JSON.stringify({input: {body: {...b, prompt_image: b.prompt, prompt: undefined}}}),
+    ),
+  },
+  {weight: 1, arbitrary: fc.jsonValue({maxDepth: 3}).map(v => JSON.stringify(v))},
+  {weight: 1, arbitrary: fc.string({maxLength: 80})},
+);
+
+const contentType = fc.oneof(
+  {weight: 8, arbitrary: fc.constant('application/json')},
+  {
+    weight: 1,
+    arbitrary: fc.constantFrom(
+      'text/plain',
+      'application/x-www-form-urlencoded',
+      'application/xml',
+      'application/json; charset=latin1',
+    ),
+  },
+);
+
+describe('any body: never a 5xx, always a JSON error with a stable code', () => {
+  const dataDir = useTempDir();
+  let openai: FakeOpenAI;
+  let fn: RunningFunction;
+  const codes = new Set<string>(ERROR_CODES);
+
+  beforeAll(async () => {
+    openai = await startFakeOpenAI();
+    fn = await startFunction({
+      OPENAI_API_KEY: 'sk-test-key',
+      OPENAI_BASE_URL: openai.url,
+      DATA_DIR: dataDir(),
+      UPSTREAM_MAX_RETRIES: '0',
+      LOG_LEVEL: 'error',
+    });
+  });
+  afterAll(async () => {
+    await fn.close();
+    await openai.close();
+  });
+
+  test('1500 generated requests', async () => {
+    const seen = new Map<number, number>();
+    await fc.assert(
+      fc.asyncProperty(body, contentType, async (payload, type) => {
+        const response = await fetch(`${fn.url}/generate`, {
+          method: 'POST',
+          headers: {'content-type': type},
+          body: payload,
+        });
+        seen.set(response.status, (seen.get(response.status) ?? 0) + 1);
+        expect(response.status).toBeLessThan(500);
+        expect(response.headers.get('content-type')).toMatch(/^application\/json/);
+        const json = (await response.json()) as {
+          code?: string;
+          status?: string;
+          job_id?: string;
+          images?: unknown[];
+        };
+        const accepted = response.status === 200;
+        expect(json.status).toBe(accepted ? 'completed' : 'failed');
+        expect(accepted ? (json.images?.length ?? 0) > 0 : codes.has(json.code ?? '')).toBe(true);
+      }),
+      {numRuns: 1500, seed: 20261123},
+    );
+    // Both sides were exercised: some requests were accepted, many refused.
+    expect(seen.get(200)).toBeGreaterThan(20);
+    expect(seen.get(400)).toBeGreaterThan(200);
+  }, 180_000);
+});

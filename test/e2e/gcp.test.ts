@@ -1,0 +1,171 @@
+import {createHash, randomUUID} from 'node:crypto';
+import type {Firestore} from '@google-cloud/firestore';
+import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
+import {startGcsTestServer, type GcsTestServer} from '../support/gcs-server';
+import {describeWithFirestore, firestoreForTests} from '../support/firestore';
+import {getJson, postJson, startFunction, type RunningFunction} from '../support/function-server';
+import {resourceSuite} from './resources-suite';
+
+const BUCKET = 'imagegen-e2e';
+
+describeWithFirestore('Cloud Storage + Firestore mode', () => {
+  let gcs: GcsTestServer;
+  const projectId = `e2e-${randomUUID().slice(0, 8)}`;
+  let db: Firestore;
+
+  beforeAll(async () => {
+    gcs = await startGcsTestServer({buckets: [BUCKET]});
+    db = firestoreForTests(projectId);
+  });
+  afterAll(async () => {
+    await db.terminate();
+    await gcs.close();
+  });
+
+  const gcpEnv = (extra: Record<string, string> = {}) => ({
+    GCS_BUCKET: BUCKET,
+    STORAGE_EMULATOR_HOST: gcs.url,
+    GOOGLE_CLOUD_PROJECT: projectId,
+    URL_MODE: 'proxy',
+    ...extra,
+  });
+
+  describe('generate', () => {
+    let openai: FakeOpenAI;
+    let fn: RunningFunction;
+    beforeAll(async () => {
+      openai = await startFakeOpenAI();
+      fn = await startFunction({
+        OPENAI_API_KEY: 'sk-test-key',
+        OPENAI_BASE_URL: openai.url,
+        UPSTREAM_MAX_RETRIES: '0',
+        ...gcpEnv(),
+      });
+    });
+    afterAll(async () => {
+      await fn.close();
+      await openai.close();
+    });
+    beforeEach(() => {
+      openai.reset();
+      gcs.clearFaults();
+    });
+
+    test('the legacy payload stores the object and both records', async () => {
+      const {status, body} = await postJson(`${fn.url}/`, {
+        input: {body: {prompt_image: 'Image of a sunset over mountains'}},
+      });
+      expect(status).toBe(200);
+      const image = body.images[0];
+      const objectPath = `images/${body.job_id}/000-${image.id}.png`;
+      expect(image.gcs_uri).toBe(`gs://${BUCKET}/${objectPath}`);
+      const object = gcs.getObject(BUCKET, objectPath);
+      expect(object?.contentType).toBe('image/png');
+      expect(object?.metadata).toEqual({
+        sha256: image.sha256,
+        job_id: body.job_id,
+        image_id: image.id,
+        model: 'gpt-image-1.5',
+      });
+      expect(createHash('sha256').update(object!.data).digest('hex')).toBe(image.sha256);
+
+      const job = (await db.collection('jobs').doc(body.job_id).get()).data();
+      expect(job).toMatchObject({
+        id: body.job_id,
+        status: 'completed',
+        prompt: 'Image of a sunset over mountains',
+        source: 'legacy',
+      });
+      expect(job?.images[0].object_path).toBe(objectPath);
+      const record = (await db.collection('images').doc(image.id).get()).data();
+      expect(record).toMatchObject({
+        id: image.id,
+        job_id: body.job_id,
+        sha256: image.sha256,
+        object_path: objectPath,
+      });
+
+      const served = await fetch(body.image_url);
+      expect(
+        createHash('sha256')
+          .update(Buffer.from(await served.arrayBuffer()))
+          .digest('hex'),
+      ).toBe(image.sha256);
+    });
+
+    test('health reports Cloud Storage and Firestore', async () => {
+      const {status, body} = await getJson(`${fn.url}/health`);
+      expect(status).toBe(200);
+      expect([body.storage, body.metadata]).toEqual([
+        {kind: 'gcs', ok: true},
+        {kind: 'firestore', ok: true},
+      ]);
+    });
+
+    test('a storage failure on one image fails the job with every object removed and no record', async () => {
+      const before = gcs.listObjectNames(BUCKET).length;
+      const jobsBefore = (await db.collection('jobs').get()).size;
+      gcs.injectFault({op: 'upload', status: 403, objectNameMatches: /\/001-/}, {probability: 1});
+      const {status, body} = await postJson(`${fn.url}/generate`, {
+        prompt: 'three',
+        count: 3,
+        model: 'dall-e-2',
+        size: '256x256',
+      });
+      gcs.clearFaults();
+      expect([status, body.code]).toEqual([503, 'STORAGE_ERROR']);
+      expect(gcs.listObjectNames(BUCKET)).toHaveLength(before);
+      expect((await db.collection('jobs').get()).size).toBe(jobsBefore);
+    });
+
+    test('with allow_partial a failed call is reported and the rest is kept', async () => {
+      openai.injectFault({kind: 'content_policy'});
+      const {status, body} = await postJson(`${fn.url}/generate`, {
+        prompt: 'parts',
+        count: 3,
+        model: 'dall-e-3',
+        allow_partial: true,
+      });
+      expect(status).toBe(200);
+      expect(body.status).toBe('partial');
+      expect(body.images).toHaveLength(2);
+      expect(body.failures).toEqual([
+        {
+          first_index: expect.any(Number),
+          count: 1,
+          code: 'CONTENT_POLICY_VIOLATION',
+          error: expect.any(String),
+        },
+      ]);
+      const names = gcs.listObjectNames(BUCKET, `images/${body.job_id}/`);
+      expect(names).toHaveLength(2);
+      const failedIndex = body.failures[0].first_index;
+      expect(names.some(name => name.includes(`/00${failedIndex}-`))).toBe(false);
+    });
+
+    test('an unreachable bucket makes health say so', async () => {
+      const broken = await startFunction({
+        OPENAI_API_KEY: 'sk-test-key',
+        ...gcpEnv({GCS_BUCKET: 'no-such-bucket'}),
+      });
+      try {
+        gcs.injectFault({op: 'list', status: 500}, {probability: 1});
+        const {status, body} = await getJson(`${broken.url}/health`);
+        expect(status).toBe(503);
+        expect(body).toMatchObject({
+          status: 'unhealthy',
+          storage: {kind: 'gcs', ok: false},
+          metadata: {ok: true},
+        });
+      } finally {
+        gcs.clearFaults();
+        await broken.close();
+      }
+    });
+  });
+
+  resourceSuite('Cloud Storage + Firestore', {
+    env: () => gcpEnv(),
+    objectPaths: async () => gcs.listObjectNames(BUCKET),
+  });
+});
