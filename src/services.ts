@@ -4,6 +4,7 @@ import {LocalImageStore} from './adapters/local-image-store';
 import {LocalMetadataStore} from './adapters/local-metadata-store';
 import {GcsImageStore} from './adapters/gcs-image-store';
 import {FirestoreMetadataStore} from './adapters/firestore-metadata-store';
+import {withDeadlines} from './adapters/deadline';
 import type {ImageProvider, ImageStore, MetadataStore} from './ports';
 
 export interface Services {
@@ -47,6 +48,6 @@ export function createServices(config: Config): Services {
       // In public mode PUBLIC_BASE_URL names where objects are served from (a CDN, say).
       ...(config.urls.mode === 'public' && config.publicBaseUrl ? {publicBaseUrl: config.publicBaseUrl} : {}),
     }),
-    metadata: new FirestoreMetadataStore(db, firestore.FieldPath),
+    metadata: withDeadlines(new FirestoreMetadataStore(db, firestore.FieldPath), config.metadataTimeoutMs),
   };
 }

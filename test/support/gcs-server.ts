@@ -30,10 +30,49 @@
  * chunked 308 "Resume Incomplete" handling); object get (metadata), download (alt=media and the
  * /download path, Range, x-goog-hash), patch, update (PUT), delete; list (prefix, delimiter,
  * maxResults, pageToken, startOffset, endOffset, includeTrailingDelimiter); preconditions;
- * `fields` partial responses; fault injection. Everything else (batch, copy/rewrite, compose, ACLs,
- * matchGlob, ...) answers 501 with a JSON error. Only the live generation of each object is kept.
+ * `fields` partial responses; fault injection; V4 signed reads (below). Everything else (batch,
+ * copy/rewrite, compose, ACLs, matchGlob, signed writes, ...) answers 501 with a JSON error (an XML
+ * one for signed XML-API requests). Only the live generation of each object is kept.
+ *
+ * V4 signed URLs (XML API, `GET|HEAD /<bucket>/<object>?X-Goog-Algorithm=GOOG4-RSA-SHA256&...`):
+ *
+ * - Which host does the client sign? `file.getSignedUrl()` builds the URL on
+ *   `cfg.host || cfg.cname || storage.apiEndpoint` (signer.js, getSignedUrl/getSignedUrlV4), and
+ *   signs `host:<that URL's hostname>`. So a client built with `apiEndpoint: server.url` (as
+ *   `storageClientFor` does) produces `http://127.0.0.1:PORT/<bucket>/<object>?...` which points
+ *   straight at this server: no `cname`, `host` or URL rewriting is needed. The path is
+ *   `/<bucket>/<encoded object>`; with `cname` it would be `/<object>` (no bucket), and
+ *   `virtualHostedStyle` puts the bucket in the host name: neither is supported here.
+ *   A client built for the real endpoint signs `host:storage.googleapis.com`; such a URL with only
+ *   its scheme and host rewritten to this server is refused (403 SignatureDoesNotMatch), because
+ *   the Host header the server receives is not the signed one. It verifies only if the request
+ *   carries `Host: storage.googleapis.com`, as it would reaching GCS. So no `localSignedUrl`-style
+ *   rewriting helper exists: build the signing client with `apiEndpoint: server.url` instead.
+ * - The signed host is the URL's *hostname*: the client never signs a port (`URL.hostname`). Real
+ *   GCS is only reached on default ports, where the Host header carries none, so the two agree.
+ *   This server listens on a random port, so it drops the `:PORT` of the Host header it received
+ *   before rebuilding `host:<...>`; everything else about the host must still match. That is the
+ *   one liberty taken with the canonical request.
+ * - Verification rebuilds the canonical request from what was received: the method (a GET-signed
+ *   URL does not authorize HEAD; the method is part of the signed request), the canonical URI
+ *   (`/<bucket>/<object name>` with each path segment percent-encoded except A-Z a-z 0-9 - . _ ~,
+ *   the client's encoding), the canonical query (every parameter but X-Goog-Signature, names and
+ *   values encoded the same way, '/' too, sorted by name), the canonical headers listed in
+ *   X-Goog-SignedHeaders (values trimmed, inner whitespace runs collapsed), the signed-headers list
+ *   and `UNSIGNED-PAYLOAD` (or the signed x-goog-content-sha256). The string to sign is
+ *   `GOOG4-RSA-SHA256\n<X-Goog-Date>\n<credential scope>\n<hex sha256(canonical request)>`, and the
+ *   hex X-Goog-Signature must be its RSA-SHA256 (PKCS#1 v1.5) signature by one of the keys given to
+ *   `trustSigner()` for the credential's email.
+ * - Errors are XML bodies as in the XML API (`<Error><Code>...</Code><Message>...</Message>
+ *   <Details>...</Details></Error>`): malformed auth parameters 400 MalformedSecurityHeader; expired
+ *   (now > X-Goog-Date + X-Goog-Expires, by the server clock, see `setClock`) 400 ExpiredToken;
+ *   signer not trusted 403 AccessDenied; bad signature 403 SignatureDoesNotMatch (with
+ *   <StringToSign> and <CanonicalRequest>, as GCS sends them); then 404 NoSuchBucket / NoSuchKey.
+ *   On success the object is served like a media download (content-type, content-length, etag,
+ *   x-goog-* headers, Range), honouring signed `generation`, `response-content-type` and
+ *   `response-content-disposition` parameters. Signed reads count as op 'download' for faults.
  */
-import {createHash, randomUUID} from 'node:crypto';
+import {createHash, createPublicKey, randomUUID, verify as cryptoVerify, type KeyObject} from 'node:crypto';
 import {createServer, type IncomingMessage, type ServerResponse} from 'node:http';
 import type {AddressInfo, Socket} from 'node:net';
 import vm from 'node:vm';
@@ -86,7 +125,21 @@ export interface GcsTestServer {
   clearFaults(): void;
   /** HTTP requests received since start (or the last reset()), faulted ones included. */
   readonly requestCount: number;
-  /** Deletes all objects and upload sessions (buckets stay), clears faults, zeroes requestCount. */
+  /**
+   * Accept V4 signed URLs whose X-Goog-Credential names `clientEmail` and whose signature verifies
+   * with this public key (SPKI/PKCS#1 PEM; a private key PEM works too). An email may have several
+   * keys, like a service account. Trusted signers survive reset().
+   */
+  trustSigner(clientEmail: string, publicKeyPem: string): void;
+  /**
+   * The clock (ms since the epoch) used to check signed-URL expiry; undefined restores Date.now.
+   * reset() restores it too. E.g. `server.setClock(() => Date.now() + 901_000)`.
+   */
+  setClock(now: (() => number) | undefined): void;
+  /**
+   * Deletes all objects and upload sessions (buckets and trusted signers stay), clears faults,
+   * restores the real clock, zeroes requestCount.
+   */
   reset(): void;
   close(): Promise<void>;
 }
@@ -113,7 +166,10 @@ export function storageClientFor(
   server: GcsTestServer,
   options: Omit<StorageOptions, 'apiEndpoint'> = {},
 ): Storage {
-  if (process.env.JEST_WORKER_ID !== undefined && typeof (vm as {SyntheticModule?: unknown}).SyntheticModule !== 'function') {
+  if (
+    process.env.JEST_WORKER_ID !== undefined &&
+    typeof (vm as {SyntheticModule?: unknown}).SyntheticModule !== 'function'
+  ) {
     throw new Error(
       'The @google-cloud/storage client cannot make HTTP requests under Jest without ' +
         '--experimental-vm-modules (its transports load node-fetch with a dynamic import()). ' +
@@ -195,12 +251,14 @@ type Handler =
   | 'objectDelete'
   | 'resumableChunk'
   | 'resumableCancel'
+  | 'signedRead'
   | 'unsupported';
 
 interface Route {
   handler: Handler;
   op?: GcsOperation;
-  api: 'json' | 'upload' | 'download';
+  /** 'xml': a V4-signed XML API request (errors are XML bodies). */
+  api: 'json' | 'upload' | 'download' | 'xml';
   bucket?: string;
   object?: string;
   unsupportedMessage?: string;
@@ -211,6 +269,8 @@ interface Ctx {
   res: ServerResponse;
   route: Route;
   query: URLSearchParams;
+  /** The query string as received, without the '?'. */
+  rawQuery: string;
   body: Buffer;
 }
 
@@ -285,10 +345,59 @@ function decodeSegment(raw: string): string {
 }
 
 /** Object sub-resources this server does not implement (GET/POST .../o/NAME/<sub>...). */
-const OBJECT_SUBRESOURCES = new Set(['acl', 'compose', 'copyTo', 'rewriteTo', 'moveTo', 'restore', 'retention']);
+const OBJECT_SUBRESOURCES = new Set([
+  'acl',
+  'compose',
+  'copyTo',
+  'rewriteTo',
+  'moveTo',
+  'restore',
+  'retention',
+]);
+
+/** Query parameter names that make a request a V4-signed XML API request (GCS matches them case-insensitively). */
+const SIGNED_QUERY_MARKERS = new Set(['x-goog-algorithm', 'x-goog-credential', 'x-goog-signature']);
+
+function isSignedXmlRequest(query: URLSearchParams): boolean {
+  for (const key of query.keys()) if (SIGNED_QUERY_MARKERS.has(key.toLowerCase())) return true;
+  return false;
+}
+
+/** `/<bucket>/<object>` with the object's name decoded (invalid escapes end up as a 400 in the handler). */
+function signedXmlRoute(method: string, rawPath: string): Route {
+  const m = /^\/([^/]+)\/(.+)$/.exec(rawPath);
+  if (!m) {
+    return {
+      handler: 'unsupported',
+      api: 'xml',
+      unsupportedMessage: `The GCS test server serves signed URLs for objects only, not ${method} ${rawPath}`,
+    };
+  }
+  if (method !== 'GET' && method !== 'HEAD') {
+    return {
+      handler: 'unsupported',
+      api: 'xml',
+      unsupportedMessage: `The GCS test server serves signed GET and HEAD only, not ${method}`,
+    };
+  }
+  let bucket: string;
+  let object: string;
+  try {
+    bucket = decodeURIComponent(m[1] ?? '');
+    object = decodeURIComponent(m[2] ?? '');
+  } catch {
+    return {handler: 'signedRead', op: 'download', api: 'xml'}; // no bucket/object: the handler answers 400
+  }
+  return {handler: 'signedRead', op: 'download', api: 'xml', bucket, object};
+}
 
 function route(method: string, rawPath: string, query: URLSearchParams): Route {
-  const unsupported = (message: string): Route => ({handler: 'unsupported', api: 'json', unsupportedMessage: message});
+  if (isSignedXmlRequest(query)) return signedXmlRoute(method, rawPath);
+  const unsupported = (message: string): Route => ({
+    handler: 'unsupported',
+    api: 'json',
+    unsupportedMessage: message,
+  });
   let api: Route['api'] = 'json';
   let rest: string;
   if (rawPath.startsWith('/storage/v1/')) rest = rawPath.slice('/storage/v1'.length);
@@ -299,7 +408,9 @@ function route(method: string, rawPath: string, query: URLSearchParams): Route {
     api = 'download';
     rest = rawPath.slice('/download/storage/v1'.length);
   } else if (rawPath.startsWith('/batch/')) {
-    return unsupported('Batch requests are not supported by the GCS test server; send the requests one by one.');
+    return unsupported(
+      'Batch requests are not supported by the GCS test server; send the requests one by one.',
+    );
   } else if (rawPath === '/b' || rawPath.startsWith('/b/')) {
     rest = rawPath; // STORAGE_EMULATOR_HOST-style base URL without '/storage/v1'
   } else {
@@ -327,15 +438,18 @@ function route(method: string, rawPath: string, query: URLSearchParams): Route {
     if (api === 'upload') {
       const uploadId = query.get('upload_id');
       if (uploadId !== null) {
-        if (method === 'PUT' || method === 'POST') return {handler: 'resumableChunk', op: 'upload', api, bucket};
+        if (method === 'PUT' || method === 'POST')
+          return {handler: 'resumableChunk', op: 'upload', api, bucket};
         if (method === 'DELETE') return {handler: 'resumableCancel', op: 'upload', api, bucket};
         return notHere;
       }
-      if (method === 'POST') return {handler: 'objectInsert', op: 'upload', api, bucket, object: query.get('name') ?? undefined};
+      if (method === 'POST')
+        return {handler: 'objectInsert', op: 'upload', api, bucket, object: query.get('name') ?? undefined};
       return notHere;
     }
     if (api === 'json' && method === 'GET') return {handler: 'objectList', op: 'list', api, bucket};
-    if (api === 'json' && method === 'POST') return {handler: 'objectInsert', op: 'upload', api, bucket, object: query.get('name') ?? undefined};
+    if (api === 'json' && method === 'POST')
+      return {handler: 'objectInsert', op: 'upload', api, bucket, object: query.get('name') ?? undefined};
     return notHere;
   }
   if (api === 'upload') return notHere;
@@ -347,13 +461,20 @@ function route(method: string, rawPath: string, query: URLSearchParams): Route {
   }
   const object = decodeSegment(rawObject);
   if (api === 'download') {
-    if (method === 'GET' || method === 'HEAD') return {handler: 'objectGet', op: 'download', api, bucket, object};
+    if (method === 'GET' || method === 'HEAD')
+      return {handler: 'objectGet', op: 'download', api, bucket, object};
     return notHere;
   }
   switch (method) {
     case 'GET':
     case 'HEAD':
-      return {handler: 'objectGet', op: query.get('alt') === 'media' ? 'download' : 'metadata', api, bucket, object};
+      return {
+        handler: 'objectGet',
+        op: query.get('alt') === 'media' ? 'download' : 'metadata',
+        api,
+        bucket,
+        object,
+      };
     case 'PATCH':
       return {handler: 'objectPatch', op: 'patch', api, bucket, object};
     case 'PUT':
@@ -379,7 +500,12 @@ function readBody(req: IncomingMessage): Promise<Buffer> {
 
 function preconditionsFrom(query: URLSearchParams): Preconditions {
   const p: Preconditions = {};
-  for (const key of ['ifGenerationMatch', 'ifGenerationNotMatch', 'ifMetagenerationMatch', 'ifMetagenerationNotMatch'] as const) {
+  for (const key of [
+    'ifGenerationMatch',
+    'ifGenerationNotMatch',
+    'ifMetagenerationMatch',
+    'ifMetagenerationNotMatch',
+  ] as const) {
     const value = query.get(key);
     if (value === null) continue;
     if (!/^\d+$/.test(value)) throw badRequest(`Invalid value for ${key}: ${value}`);
@@ -393,14 +519,18 @@ function preconditionsFrom(query: URLSearchParams): Preconditions {
  * `existing` is the live object or undefined.
  */
 function checkPreconditions(p: Preconditions, existing: StoredObject | undefined, isRead = false): void {
-  const notMatchFailure = () => (isRead ? new GcsHttpError(304, 'Not Modified', 'notModified') : conditionNotMet());
+  const notMatchFailure = () =>
+    isRead ? new GcsHttpError(304, 'Not Modified', 'notModified') : conditionNotMet();
   if (p.ifGenerationMatch !== undefined) {
-    const ok = p.ifGenerationMatch === '0' ? existing === undefined : existing?.generation === p.ifGenerationMatch;
+    const ok =
+      p.ifGenerationMatch === '0' ? existing === undefined : existing?.generation === p.ifGenerationMatch;
     if (!ok) throw conditionNotMet();
   }
   if (p.ifGenerationNotMatch !== undefined) {
     const fails =
-      p.ifGenerationNotMatch === '0' ? existing === undefined : existing?.generation === p.ifGenerationNotMatch;
+      p.ifGenerationNotMatch === '0'
+        ? existing === undefined
+        : existing?.generation === p.ifGenerationNotMatch;
     if (fails) throw notMatchFailure();
   }
   if (p.ifMetagenerationMatch !== undefined && existing?.metageneration !== p.ifMetagenerationMatch) {
@@ -425,7 +555,13 @@ function parseJsonObject(body: Buffer, what: string): Record<string, unknown> {
   return parsed as Record<string, unknown>;
 }
 
-const STRING_FIELDS = ['contentType', 'cacheControl', 'contentDisposition', 'contentEncoding', 'contentLanguage'] as const;
+const STRING_FIELDS = [
+  'contentType',
+  'cacheControl',
+  'contentDisposition',
+  'contentEncoding',
+  'contentLanguage',
+] as const;
 type StringField = (typeof STRING_FIELDS)[number];
 
 function optionalString(resource: Record<string, unknown>, key: string): string | null | undefined {
@@ -460,7 +596,8 @@ function fieldsFromResource(resource: Record<string, unknown>): ObjectFields {
     if (typeof v === 'string') fields[key] = v;
   }
   if (resource.metadata !== undefined && resource.metadata !== null) {
-    for (const [k, v] of Object.entries(metadataValues(resource.metadata))) if (v !== null) fields.metadata[k] = v;
+    for (const [k, v] of Object.entries(metadataValues(resource.metadata)))
+      if (v !== null) fields.metadata[k] = v;
   }
   return fields;
 }
@@ -480,7 +617,10 @@ function parseGoogHash(header: string | string[] | undefined): {md5?: string; cr
 }
 
 /** Splits a multipart/related body into its parts. */
-function parseMultipart(body: Buffer, contentType: string): Array<{headers: Record<string, string>; data: Buffer}> {
+function parseMultipart(
+  body: Buffer,
+  contentType: string,
+): Array<{headers: Record<string, string>; data: Buffer}> {
   const m = /boundary=(?:"([^"]+)"|([^;\s]+))/i.exec(contentType);
   const boundary = m?.[1] ?? m?.[2];
   if (!boundary) throw badRequest('Multipart upload without a boundary in Content-Type');
@@ -588,6 +728,117 @@ function selectFields(value: unknown, tree: FieldTree): unknown {
   return out;
 }
 
+// --- V4 signed URLs (XML API) ----------------------------------------------------------------
+
+/** An XML API error: `<Error><Code>code</Code><Message>..</Message><Details>..</Details>...</Error>`. */
+class XmlApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly details?: string,
+    /** Further elements, in order (e.g. ParameterName, StringToSign, CanonicalRequest). */
+    readonly extra: ReadonlyArray<readonly [string, string]> = [],
+  ) {
+    super(message);
+  }
+}
+
+const MAX_SIGNED_URL_EXPIRES = 7 * 24 * 60 * 60;
+
+const malformed = (parameter: string, details: string) =>
+  new XmlApiError(400, 'MalformedSecurityHeader', 'Your request has a malformed header.', details, [
+    ['ParameterName', parameter],
+  ]);
+
+function escapeXml(text: string): string {
+  return text.replace(/[<>&'"]/g, c => `&#${c.charCodeAt(0)};`);
+}
+
+function xmlErrorBody(err: XmlApiError): string {
+  const elements: Array<readonly [string, string]> = [
+    ['Code', err.code],
+    ['Message', err.message],
+  ];
+  if (err.details !== undefined) elements.push(['Details', err.details]);
+  elements.push(...err.extra);
+  return `<?xml version='1.0' encoding='UTF-8'?><Error>${elements.map(([k, v]) => `<${k}>${escapeXml(v)}</${k}>`).join('')}</Error>`;
+}
+
+/** The XML API's view of an error raised by the shared JSON-API code (ranges, injected faults). */
+function xmlErrorFrom(err: GcsHttpError): XmlApiError {
+  const codes: Record<number, [string, string]> = {
+    400: ['InvalidArgument', 'Invalid argument.'],
+    403: ['AccessDenied', 'Access denied.'],
+    404: ['NoSuchKey', 'The specified key does not exist.'],
+    412: ['PreconditionFailed', 'At least one of the pre-conditions you specified did not hold.'],
+    416: ['InvalidRange', 'The requested range cannot be satisfied.'],
+    429: ['SlowDown', 'Please reduce your request rate.'],
+    501: ['NotImplemented', 'A header or query you provided requested a function that is not implemented.'],
+    503: ['ServiceUnavailable', 'Service unavailable.'],
+  };
+  const [code, message] =
+    codes[err.status] ??
+    (err.status >= 500 ? ['InternalError', 'Internal error.'] : ['InvalidArgument', 'Invalid argument.']);
+  return new XmlApiError(err.status, code, message, err.message);
+}
+
+/** RFC 3986 encoding as the client does it for V4 (util.js fixedEncodeURIComponent): all but A-Z a-z 0-9 - . _ ~. */
+function encodeStrict(text: string): string {
+  return encodeURIComponent(text).replace(/[!'()*]/g, c => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+}
+
+/** Splits a raw query string into decoded [name, value] pairs; '+' is a literal plus (the client encodes spaces as %20). */
+function parseRawQuery(raw: string): Array<[string, string]> {
+  const pairs: Array<[string, string]> = [];
+  for (const part of raw.split('&')) {
+    if (part === '') continue;
+    const eq = part.indexOf('=');
+    const rawName = eq < 0 ? part : part.slice(0, eq);
+    const rawValue = eq < 0 ? '' : part.slice(eq + 1);
+    try {
+      pairs.push([decodeURIComponent(rawName), decodeURIComponent(rawValue)]);
+    } catch {
+      throw new XmlApiError(
+        400,
+        'InvalidArgument',
+        'Invalid argument.',
+        `Invalid percent-encoding in query parameter ${rawName}`,
+      );
+    }
+  }
+  return pairs;
+}
+
+/** `20240102T030405Z` to ms since the epoch, or undefined. */
+function parseGoogDate(value: string): number | undefined {
+  const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(value);
+  if (!m) return undefined;
+  const [y, mo, d, h, mi, se] = m.slice(1).map(Number) as [number, number, number, number, number, number];
+  const ms = Date.UTC(y, mo - 1, d, h, mi, se);
+  const back = new Date(ms);
+  if (back.getUTCMonth() !== mo - 1 || back.getUTCDate() !== d || h > 23 || mi > 59 || se > 59)
+    return undefined;
+  return ms;
+}
+
+/** The canonical value of a header: trimmed, runs of whitespace collapsed to one space. */
+function canonicalHeaderValue(value: string): string {
+  return value.trim().replace(/\s{2,}/g, ' ');
+}
+
+/** The Host header without its port, as the client signs it (`new URL(endpoint).hostname`). */
+function signedHostOf(hostHeader: string): string {
+  const m = /^(\[[^\]]*\]|[^:]*)(?::\d*)?$/.exec(hostHeader.trim());
+  return (m?.[1] ?? hostHeader).toLowerCase();
+}
+
+interface SignedRequestAuth {
+  clientEmail: string;
+  /** Decoded query parameters other than the X-Goog-* authentication ones. */
+  params: Map<string, string>;
+}
+
 // ---------------------------------------------------------------------------------------------
 
 class FakeGcs implements GcsTestServer {
@@ -601,6 +852,8 @@ class FakeGcs implements GcsTestServer {
   private count = 0;
   private closed = false;
   private baseUrl = '';
+  private readonly signers = new Map<string, KeyObject[]>();
+  private now: () => number = Date.now;
 
   get url(): string {
     return this.baseUrl;
@@ -655,7 +908,10 @@ class FakeGcs implements GcsTestServer {
     if (probability !== undefined && !(probability > 0 && probability <= 1)) {
       throw new Error(`probability must be in (0, 1], got ${probability}`);
     }
-    if (fault.status !== undefined && !(Number.isInteger(fault.status) && fault.status >= 400 && fault.status <= 599)) {
+    if (
+      fault.status !== undefined &&
+      !(Number.isInteger(fault.status) && fault.status >= 400 && fault.status <= 599)
+    ) {
       throw new Error(`status must be an HTTP error status, got ${fault.status}`);
     }
     const remaining = times ?? (probability === undefined ? 1 : Number.POSITIVE_INFINITY);
@@ -666,10 +922,25 @@ class FakeGcs implements GcsTestServer {
     this.faults = [];
   }
 
+  trustSigner(clientEmail: string, publicKeyPem: string): void {
+    if (!clientEmail) throw new Error('trustSigner needs a client email');
+    const key = createPublicKey(publicKeyPem);
+    if (key.asymmetricKeyType !== 'rsa')
+      throw new Error(`trustSigner needs an RSA key, got ${key.asymmetricKeyType}`);
+    const keys = this.signers.get(clientEmail) ?? [];
+    keys.push(key);
+    this.signers.set(clientEmail, keys);
+  }
+
+  setClock(now: (() => number) | undefined): void {
+    this.now = now ?? Date.now;
+  }
+
   reset(): void {
     for (const bucket of this.buckets.values()) bucket.objects.clear();
     this.sessions.clear();
     this.clearFaults();
+    this.now = Date.now;
     this.count = 0;
   }
 
@@ -721,14 +992,19 @@ class FakeGcs implements GcsTestServer {
 
   private async onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     this.count += 1;
+    let api: Route['api'] = 'json';
     try {
       const url = new URL(req.url ?? '/', 'http://127.0.0.1');
       const method = (req.method ?? 'GET').toUpperCase();
       const r = route(method, url.pathname, url.searchParams);
+      api = r.api;
 
       let objectName = r.object;
       if (r.handler === 'resumableChunk' || r.handler === 'resumableCancel') {
-        objectName = this.sessions.get(url.searchParams.get('upload_id') ?? '')?.name ?? url.searchParams.get('name') ?? undefined;
+        objectName =
+          this.sessions.get(url.searchParams.get('upload_id') ?? '')?.name ??
+          url.searchParams.get('name') ??
+          undefined;
       }
       const fault = this.takeFault(r.op, objectName);
       if (fault) {
@@ -747,16 +1023,38 @@ class FakeGcs implements GcsTestServer {
 
       const body = await readBody(req);
       if (this.closed || res.destroyed) return;
-      await this.dispatch({req, res, route: r, query: url.searchParams, body});
+      const rawQuery = url.search.slice(1);
+      await this.dispatch({req, res, route: r, query: url.searchParams, rawQuery, body});
     } catch (err) {
       if (res.headersSent || res.destroyed) {
         res.destroy();
         return;
       }
-      if (err instanceof GcsHttpError) {
+      if (err instanceof XmlApiError) {
+        this.sendXmlError(res, err);
+      } else if (api === 'xml' && err instanceof GcsHttpError && err.status !== 304) {
+        this.sendXmlError(res, xmlErrorFrom(err), err.headers);
+      } else if (
+        api === 'xml' &&
+        !(err instanceof GcsHttpError) &&
+        !(err instanceof Error && err.message === 'request aborted')
+      ) {
+        this.sendXmlError(
+          res,
+          new XmlApiError(
+            500,
+            'InternalError',
+            'Internal error.',
+            `GCS test server error: ${String(err instanceof Error ? err.stack : err)}`,
+          ),
+        );
+      } else if (err instanceof GcsHttpError) {
         this.sendError(res, err);
       } else if (!(err instanceof Error && err.message === 'request aborted')) {
-        this.sendError(res, new GcsHttpError(500, `GCS test server error: ${String(err instanceof Error ? err.stack : err)}`));
+        this.sendError(
+          res,
+          new GcsHttpError(500, `GCS test server error: ${String(err instanceof Error ? err.stack : err)}`),
+        );
       }
     }
   }
@@ -770,7 +1068,22 @@ class FakeGcs implements GcsTestServer {
     this.sendJson(res, err.status, JSON.parse(errorBody(err.status, err.message, err.reason)), err.headers);
   }
 
-  private sendJson(res: ServerResponse, status: number, value: unknown, headers: Record<string, string> = {}): void {
+  private sendXmlError(res: ServerResponse, err: XmlApiError, headers: Record<string, string> = {}): void {
+    const payload = Buffer.from(xmlErrorBody(err));
+    res.writeHead(err.status, {
+      'content-type': 'application/xml; charset=UTF-8',
+      'content-length': String(payload.length),
+      ...headers,
+    });
+    res.end(payload);
+  }
+
+  private sendJson(
+    res: ServerResponse,
+    status: number,
+    value: unknown,
+    headers: Record<string, string> = {},
+  ): void {
     const payload = Buffer.from(JSON.stringify(value));
     res.writeHead(status, {
       'content-type': 'application/json; charset=UTF-8',
@@ -857,14 +1170,20 @@ class FakeGcs implements GcsTestServer {
       case 'bucketList':
         return this.sendResource(ctx, 200, {
           kind: 'storage#buckets',
-          items: [...this.buckets.values()].sort((a, b) => compareNames(a.name, b.name)).map(b => this.bucketResource(b)),
+          items: [...this.buckets.values()]
+            .sort((a, b) => compareNames(a.name, b.name))
+            .map(b => this.bucketResource(b)),
         });
       case 'bucketInsert': {
         const resource = parseJsonObject(ctx.body, 'Bucket resource');
         const name = resource.name;
         if (typeof name !== 'string' || !name) throw badRequest('Required field: name', 'required');
         if (this.buckets.has(name)) {
-          throw new GcsHttpError(409, 'Your previous request to create the named bucket succeeded and you already own it.', 'conflict');
+          throw new GcsHttpError(
+            409,
+            'Your previous request to create the named bucket succeeded and you already own it.',
+            'conflict',
+          );
         }
         this.createBucket(name);
         return this.sendResource(ctx, 200, this.bucketResource(this.bucketOrThrow(name)));
@@ -892,13 +1211,20 @@ class FakeGcs implements GcsTestServer {
         return this.resumableChunk(ctx);
       case 'resumableCancel': {
         const id = ctx.query.get('upload_id') ?? '';
-        if (!this.sessions.delete(id)) throw new GcsHttpError(404, `No such upload session: ${id}`, 'notFound');
+        if (!this.sessions.delete(id))
+          throw new GcsHttpError(404, `No such upload session: ${id}`, 'notFound');
         ctx.res.writeHead(499, {'content-length': '0'});
         ctx.res.end();
         return;
       }
+      case 'signedRead':
+        return this.signedRead(ctx);
       case 'unsupported':
-        throw new GcsHttpError(501, ctx.route.unsupportedMessage ?? 'Not implemented by the GCS test server', 'notImplemented');
+        throw new GcsHttpError(
+          501,
+          ctx.route.unsupportedMessage ?? 'Not implemented by the GCS test server',
+          'notImplemented',
+        );
     }
   }
 
@@ -907,7 +1233,202 @@ class FakeGcs implements GcsTestServer {
     checkPreconditions(preconditionsFrom(ctx.query), obj, true);
     const wantsMedia = ctx.route.api === 'download' || ctx.query.get('alt') === 'media';
     if (!wantsMedia) return this.sendResource(ctx, 200, this.objectResource(obj));
+    this.sendMedia(ctx, obj);
+  }
 
+  /** A signed XML API read: authenticate (see the header comment), then serve the object. */
+  private signedRead(ctx: Ctx): void {
+    const {route: r} = ctx;
+    if (r.bucket === undefined || r.object === undefined) {
+      throw new XmlApiError(
+        400,
+        'InvalidArgument',
+        'Invalid argument.',
+        `Invalid percent-encoding in path: ${ctx.req.url}`,
+      );
+    }
+    const auth = this.authenticateSigned(ctx, r.bucket, r.object);
+    const bucket = this.buckets.get(r.bucket);
+    if (!bucket) throw new XmlApiError(404, 'NoSuchBucket', 'The specified bucket does not exist.');
+    const obj = bucket.objects.get(r.object);
+    const generation = auth.params.get('generation');
+    if (!obj || (generation !== undefined && generation !== obj.generation)) {
+      throw new XmlApiError(
+        404,
+        'NoSuchKey',
+        'The specified key does not exist.',
+        `No such object: ${r.bucket}/${r.object}`,
+      );
+    }
+    const overrides: Record<string, string> = {};
+    const responseType = auth.params.get('response-content-type');
+    const responseDisposition = auth.params.get('response-content-disposition');
+    if (responseType !== undefined) overrides['content-type'] = responseType;
+    if (responseDisposition !== undefined) overrides['content-disposition'] = responseDisposition;
+    this.sendMedia(ctx, obj, overrides);
+  }
+
+  /**
+   * Checks a V4 query-string signature the way GCS does and returns the signer and the remaining
+   * query parameters, or throws the XML API error GCS would answer.
+   */
+  private authenticateSigned(ctx: Ctx, bucket: string, objectName: string): SignedRequestAuth {
+    const {req} = ctx;
+    const pairs = parseRawQuery(ctx.rawQuery);
+    const single = (name: string): string | undefined => {
+      const found = pairs.filter(([k]) => k.toLowerCase() === name.toLowerCase());
+      if (found.length > 1) throw malformed(name, `The query parameter ${name} was given more than once.`);
+      return found[0]?.[1];
+    };
+    const required = (name: string): string => {
+      const value = single(name);
+      if (value === undefined || value === '')
+        throw malformed(name, `Missing required query parameter ${name}.`);
+      return value;
+    };
+
+    const algorithm = required('X-Goog-Algorithm');
+    if (algorithm === 'GOOG4-HMAC-SHA256') {
+      throw new XmlApiError(
+        501,
+        'NotImplemented',
+        'Not implemented.',
+        'The GCS test server checks RSA (service account) signatures only, not HMAC keys.',
+      );
+    }
+    if (algorithm !== 'GOOG4-RSA-SHA256')
+      throw malformed('X-Goog-Algorithm', `Unsupported signing algorithm: ${algorithm}`);
+
+    const date = required('X-Goog-Date');
+    const dateMs = parseGoogDate(date);
+    if (dateMs === undefined)
+      throw malformed('X-Goog-Date', `Invalid X-Goog-Date (expected YYYYMMDD'T'HHMMSS'Z'): ${date}`);
+
+    const expiresRaw = required('X-Goog-Expires');
+    const expires = /^\d+$/.test(expiresRaw) ? Number(expiresRaw) : Number.NaN;
+    if (!(expires >= 1 && expires <= MAX_SIGNED_URL_EXPIRES)) {
+      throw malformed(
+        'X-Goog-Expires',
+        `X-Goog-Expires must be an integer from 1 to ${MAX_SIGNED_URL_EXPIRES}, got ${expiresRaw}`,
+      );
+    }
+
+    const credential = required('X-Goog-Credential');
+    const parts = credential.split('/');
+    const [clientEmail, scopeDate, location, service, requestType] = parts;
+    if (
+      parts.length !== 5 ||
+      !clientEmail ||
+      !location ||
+      service !== 'storage' ||
+      requestType !== 'goog4_request'
+    ) {
+      throw malformed(
+        'X-Goog-Credential',
+        `Invalid credential (expected <email>/<YYYYMMDD>/<location>/storage/goog4_request): ${credential}`,
+      );
+    }
+    if (scopeDate !== date.slice(0, 8)) {
+      throw malformed(
+        'X-Goog-Credential',
+        `The credential's date ${scopeDate} does not match X-Goog-Date ${date}`,
+      );
+    }
+    const credentialScope = parts.slice(1).join('/');
+
+    const signedHeadersParam = required('X-Goog-SignedHeaders');
+    const signedHeaders = signedHeadersParam.split(';');
+    if (signedHeaders.some(h => h === '' || h !== h.toLowerCase())) {
+      throw malformed('X-Goog-SignedHeaders', `Invalid X-Goog-SignedHeaders: ${signedHeadersParam}`);
+    }
+    if (!signedHeaders.includes('host'))
+      throw malformed('X-Goog-SignedHeaders', 'X-Goog-SignedHeaders must include host.');
+
+    const signatureHex = required('X-Goog-Signature');
+    if (!/^(?:[0-9a-fA-F]{2})+$/.test(signatureHex))
+      throw malformed('X-Goog-Signature', 'Signature was not hex encoded.');
+
+    const headerLines = [...signedHeaders].sort().map(name => {
+      const raw = req.headers[name];
+      if (raw === undefined) {
+        throw malformed(name, 'Header was included in signedheaders, but not in the request.');
+      }
+      const value = Array.isArray(raw) ? raw.join(',') : raw;
+      return `${name}:${canonicalHeaderValue(name === 'host' ? signedHostOf(value) : value)}\n`;
+    });
+
+    // Authentication proper: the validity window, then the signature.
+    const expiresAtMs = dateMs + expires * 1000;
+    if (this.now() > expiresAtMs) {
+      throw new XmlApiError(
+        400,
+        'ExpiredToken',
+        'The provided token has expired.',
+        `Request signature expired at: ${new Date(expiresAtMs).toISOString()}`,
+      );
+    }
+    const keys = this.signers.get(clientEmail);
+    if (!keys) {
+      throw new XmlApiError(
+        403,
+        'AccessDenied',
+        'Access denied.',
+        `The GCS test server does not trust signer ${clientEmail}; call trustSigner() with its public key.`,
+      );
+    }
+
+    const canonicalQuery = pairs
+      .filter(([k]) => k.toLowerCase() !== 'x-goog-signature')
+      .map(([k, v]) => [encodeStrict(k), encodeStrict(v)] as const)
+      .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0))
+      .map(([k, v]) => `${k}=${v}`)
+      .join('&');
+    const canonicalUri = `/${bucket}/${objectName.split('/').map(encodeStrict).join('/')}`;
+    const contentSha = signedHeaders.includes('x-goog-content-sha256')
+      ? String(req.headers['x-goog-content-sha256'])
+      : 'UNSIGNED-PAYLOAD';
+    const canonicalRequest = [
+      (req.method ?? 'GET').toUpperCase(),
+      canonicalUri,
+      canonicalQuery,
+      headerLines.join(''),
+      signedHeadersParam,
+      contentSha,
+    ].join('\n');
+    const stringToSign = [
+      'GOOG4-RSA-SHA256',
+      date,
+      credentialScope,
+      createHash('sha256').update(canonicalRequest).digest('hex'),
+    ].join('\n');
+    const signature = Buffer.from(signatureHex, 'hex');
+    if (!keys.some(key => cryptoVerify('sha256', Buffer.from(stringToSign, 'utf8'), key, signature))) {
+      throw new XmlApiError(
+        403,
+        'SignatureDoesNotMatch',
+        'Access denied.',
+        'The request signature we calculated does not match the signature you provided. Check your Google secret key and signing method.',
+        [
+          ['StringToSign', stringToSign],
+          ['CanonicalRequest', canonicalRequest],
+        ],
+      );
+    }
+
+    const authParams = new Set([
+      'x-goog-algorithm',
+      'x-goog-credential',
+      'x-goog-date',
+      'x-goog-expires',
+      'x-goog-signedheaders',
+      'x-goog-signature',
+    ]);
+    const params = new Map(pairs.filter(([k]) => !authParams.has(k.toLowerCase())));
+    return {clientEmail, params};
+  }
+
+  /** Answers a media download of `obj` (Range, gzip transcoding, x-goog-* headers). */
+  private sendMedia(ctx: Ctx, obj: StoredObject, overrides: Record<string, string> = {}): void {
     const {req, res} = ctx;
     const headers: Record<string, string> = {
       'content-type': obj.contentType,
@@ -924,6 +1445,7 @@ class FakeGcs implements GcsTestServer {
     };
     if (obj.contentDisposition !== undefined) headers['content-disposition'] = obj.contentDisposition;
     if (obj.contentLanguage !== undefined) headers['content-language'] = obj.contentLanguage;
+    Object.assign(headers, overrides);
     const send = (status: number, data: Buffer) => {
       headers['content-length'] = String(data.length);
       res.writeHead(status, headers);
@@ -950,9 +1472,14 @@ class FakeGcs implements GcsTestServer {
     const size = obj.data.length;
     const range = parseRange(req.headers.range, size);
     if (range === 'unsatisfiable') {
-      throw new GcsHttpError(416, 'The requested range cannot be satisfied.', 'requestedRangeNotSatisfiable', {
-        'content-range': `bytes */${size}`,
-      });
+      throw new GcsHttpError(
+        416,
+        'The requested range cannot be satisfied.',
+        'requestedRangeNotSatisfiable',
+        {
+          'content-range': `bytes */${size}`,
+        },
+      );
     }
     if (range === undefined) return send(200, obj.data);
     headers['content-range'] = `bytes ${range.start}-${range.end}/${size}`;
@@ -965,12 +1492,16 @@ class FakeGcs implements GcsTestServer {
     const resource = parseJsonObject(ctx.body, 'Object resource');
     for (const key of ['name', 'bucket'] as const) {
       const v = resource[key];
-      if (v !== undefined && v !== obj[key]) throw badRequest(`The ${key} of an object cannot be changed by ${ctx.req.method}`);
+      if (v !== undefined && v !== obj[key])
+        throw badRequest(`The ${key} of an object cannot be changed by ${ctx.req.method}`);
     }
     // Validate everything before touching the stored object.
     const strings: Partial<Record<StringField, string | null | undefined>> = {};
     for (const key of STRING_FIELDS) strings[key] = optionalString(resource, key);
-    const metadata = resource.metadata === undefined || resource.metadata === null ? resource.metadata : metadataValues(resource.metadata);
+    const metadata =
+      resource.metadata === undefined || resource.metadata === null
+        ? resource.metadata
+        : metadataValues(resource.metadata);
 
     const next: StoredObject = {...obj, metadata: replace ? {} : {...obj.metadata}};
     for (const key of STRING_FIELDS) {
@@ -997,7 +1528,11 @@ class FakeGcs implements GcsTestServer {
     const bucket = this.bucketOrThrow(ctx.route.bucket);
     const q = ctx.query;
     if (q.get('matchGlob') !== null) {
-      throw new GcsHttpError(501, 'The GCS test server does not support matchGlob; use prefix/delimiter', 'notImplemented');
+      throw new GcsHttpError(
+        501,
+        'The GCS test server does not support matchGlob; use prefix/delimiter',
+        'notImplemented',
+      );
     }
     const prefix = q.get('prefix') ?? '';
     const delimiter = q.get('delimiter') ?? '';
@@ -1007,7 +1542,8 @@ class FakeGcs implements GcsTestServer {
     const maxResultsRaw = q.get('maxResults');
     let maxResults = MAX_LIST_RESULTS;
     if (maxResultsRaw !== null) {
-      if (!/^\d+$/.test(maxResultsRaw) || Number(maxResultsRaw) < 1) throw badRequest(`Invalid value for maxResults: ${maxResultsRaw}`);
+      if (!/^\d+$/.test(maxResultsRaw) || Number(maxResultsRaw) < 1)
+        throw badRequest(`Invalid value for maxResults: ${maxResultsRaw}`);
       maxResults = Math.min(Number(maxResultsRaw), MAX_LIST_RESULTS);
     }
     let after: string | undefined;
@@ -1015,7 +1551,12 @@ class FakeGcs implements GcsTestServer {
     if (token) {
       try {
         const decoded = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as unknown;
-        if (typeof decoded !== 'object' || decoded === null || typeof (decoded as {after?: unknown}).after !== 'string') throw new Error();
+        if (
+          typeof decoded !== 'object' ||
+          decoded === null ||
+          typeof (decoded as {after?: unknown}).after !== 'string'
+        )
+          throw new Error();
         after = (decoded as {after: string}).after;
       } catch {
         throw badRequest(`Invalid pageToken: ${token}`);
@@ -1088,11 +1629,14 @@ class FakeGcs implements GcsTestServer {
         return;
       }
       case 'multipart': {
-        if (!/^multipart\//i.test(requestType)) throw badRequest(`Multipart upload with Content-Type ${requestType}`);
+        if (!/^multipart\//i.test(requestType))
+          throw badRequest(`Multipart upload with Content-Type ${requestType}`);
         const parts = parseMultipart(body, requestType);
         const [metaPart, mediaPart] = parts;
         if (parts.length !== 2 || !metaPart || !mediaPart) {
-          throw badRequest(`Multipart upload must have exactly 2 parts (metadata, media), got ${parts.length}`);
+          throw badRequest(
+            `Multipart upload must have exactly 2 parts (metadata, media), got ${parts.length}`,
+          );
         }
         const resource = parseJsonObject(metaPart.data, 'Multipart metadata part');
         const fields = fieldsFromResource(resource);
@@ -1108,7 +1652,15 @@ class FakeGcs implements GcsTestServer {
         const headerType = req.headers['x-upload-content-type'];
         if (typeof headerType === 'string' && headerType) fields.contentType = headerType;
         checkPreconditions(preconditions, bucket.objects.get(name));
-        const session: UploadSession = {id: randomUUID(), bucket: bucket.name, name, fields, preconditions, chunks: [], received: 0};
+        const session: UploadSession = {
+          id: randomUUID(),
+          bucket: bucket.name,
+          name,
+          fields,
+          preconditions,
+          chunks: [],
+          received: 0,
+        };
         const declared = req.headers['x-upload-content-length'];
         if (typeof declared === 'string' && /^\d+$/.test(declared)) session.declaredSize = Number(declared);
         this.sessions.set(session.id, session);
@@ -1120,7 +1672,8 @@ class FakeGcs implements GcsTestServer {
         return;
       }
       case null: {
-        if (ctx.route.api === 'upload') throw badRequest('Upload requests must include an uploadType parameter', 'required');
+        if (ctx.route.api === 'upload')
+          throw badRequest('Upload requests must include an uploadType parameter', 'required');
         // JSON-API insert with only a resource: an empty object.
         const resource = parseJsonObject(body, 'Object resource');
         const name = requireName(query.get('name') ?? resource.name);
@@ -1161,13 +1714,16 @@ class FakeGcs implements GcsTestServer {
     if (statusQuery) {
       if (body.length > 0) throw badRequest('Content-Range "bytes */N" must come with an empty body');
       if (total !== '*' && session.received === total) return this.finalize(ctx, session);
-      if (total !== '*' && session.received > total) throw badRequest(`Upload already has ${session.received} bytes, more than ${total}`);
+      if (total !== '*' && session.received > total)
+        throw badRequest(`Upload already has ${session.received} bytes, more than ${total}`);
       return this.resumeIncomplete(res, session);
     }
     if (end !== '*' && end !== -1 && end < start) throw badRequest(`Invalid Content-Range: ${rangeHeader}`);
     const expectedLength = end === '*' ? body.length : end - start + 1;
     if (body.length !== expectedLength) {
-      throw badRequest(`Content-Range ${rangeHeader} announces ${expectedLength} bytes but the body has ${body.length}`);
+      throw badRequest(
+        `Content-Range ${rangeHeader} announces ${expectedLength} bytes but the body has ${body.length}`,
+      );
     }
     if (start > session.received) {
       throw badRequest(`Content-Range starts at ${start} but only ${session.received} bytes were persisted`);
@@ -1178,7 +1734,8 @@ class FakeGcs implements GcsTestServer {
       session.received += fresh.length;
     }
     if (total !== '*') {
-      if (session.received > total) throw badRequest(`Upload has ${session.received} bytes, more than the declared ${total}`);
+      if (session.received > total)
+        throw badRequest(`Upload has ${session.received} bytes, more than the declared ${total}`);
       if (session.received === total) return this.finalize(ctx, session);
       return this.resumeIncomplete(res, session);
     }
@@ -1198,7 +1755,9 @@ class FakeGcs implements GcsTestServer {
   private finalize(ctx: Ctx, session: UploadSession): void {
     const data = Buffer.concat(session.chunks);
     if (session.declaredSize !== undefined && session.declaredSize !== data.length) {
-      throw badRequest(`X-Upload-Content-Length was ${session.declaredSize} but ${data.length} bytes were uploaded`);
+      throw badRequest(
+        `X-Upload-Content-Length was ${session.declaredSize} but ${data.length} bytes were uploaded`,
+      );
     }
     const bucket = this.bucketOrThrow(session.bucket);
     const stored = this.commit(ctx, bucket, session.name, data, session.fields, session.preconditions);
