@@ -63,6 +63,8 @@ const EnvSchema = z.object({
   MAX_BODY_BYTES: intInRange(1024, 32 * 1024 * 1024, 1024 * 1024),
   UPSTREAM_TIMEOUT_SECONDS: intInRange(5, 3600, 300),
   IDEMPOTENCY_TTL_HOURS: intInRange(1, 24 * 30, 24),
+  /** Upstream answers decoded and stored at once per instance (each holds its images in memory). */
+  MAX_CONCURRENT_DECODES: intInRange(1, 256, 8),
   /** Deadline for one Firestore call; the client has none for an unreachable backend. */
   FIRESTORE_TIMEOUT_SECONDS: intInRange(1, 300, 20),
   UPSTREAM_MAX_RETRIES: intInRange(0, 10, 2),
@@ -142,6 +144,7 @@ export interface Config {
   publicBaseUrl: string | undefined;
   maxBodyBytes: number;
   metadataTimeoutMs: number;
+  maxConcurrentDecodes: number;
   /** Empty: no key check. */
   apiKeys: ApiKey[];
   functionTarget: string | undefined;
@@ -198,6 +201,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     publicBaseUrl: e.PUBLIC_BASE_URL?.replace(/\/+$/, ''),
     maxBodyBytes: e.MAX_BODY_BYTES,
     metadataTimeoutMs: e.FIRESTORE_TIMEOUT_SECONDS * 1000,
+    maxConcurrentDecodes: e.MAX_CONCURRENT_DECODES,
     apiKeys: e.API_KEYS,
     functionTarget: e.FUNCTION_TARGET,
     log: {level: e.LOG_LEVEL, prompts: e.LOG_PROMPTS},

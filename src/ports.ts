@@ -20,6 +20,10 @@ export interface ProviderRequest {
 export interface GeneratedImage {
   data: Buffer;
   revisedPrompt: string | null;
+  /** Computed while decoding, when the provider can; saves hashing the bytes again. */
+  sha256?: string;
+  /** Base64 MD5, which Cloud Storage checks on upload. */
+  md5?: string;
 }
 
 export interface ProviderResult {
@@ -27,9 +31,18 @@ export interface ProviderResult {
   usage: Usage;
 }
 
+/**
+ * An upstream answer whose body has not been read yet. Reading it is where the
+ * memory and CPU go, so callers can bound how many are read at once while any
+ * number of calls wait upstream.
+ */
+export interface PendingImages {
+  read(): Promise<ProviderResult>;
+}
+
 export interface ImageProvider {
-  /** Rejects with an AppError (CONTENT_POLICY_VIOLATION, RATE_LIMIT_EXCEEDED, UPSTREAM_*). */
-  generate(request: ProviderRequest, signal?: AbortSignal): Promise<ProviderResult>;
+  /** Rejects with an AppError (CONTENT_POLICY_VIOLATION, RATE_LIMIT_EXCEEDED, UPSTREAM_*), as does read(). */
+  generate(request: ProviderRequest, signal?: AbortSignal): Promise<PendingImages>;
   readonly configured: boolean;
 }
 
@@ -37,6 +50,13 @@ export interface StoredObjectInfo {
   size: number;
   contentType: string;
   metadata: Record<string, string>;
+}
+
+export interface PutInfo {
+  contentType: string;
+  metadata: Record<string, string>;
+  /** Base64 MD5 of the bytes, if known: the store may have the backend verify it. */
+  md5?: string;
 }
 
 /** Bytes by path. Paths are built by the use cases, never from caller input. */

@@ -6,11 +6,13 @@ import {GcsImageStore} from './adapters/gcs-image-store';
 import {FirestoreMetadataStore} from './adapters/firestore-metadata-store';
 import {withDeadlines} from './adapters/deadline';
 import type {ImageProvider, ImageStore, MetadataStore} from './ports';
+import {Limiter} from './usecases/limiter';
 
 export interface Services {
   provider: ImageProvider;
   images: ImageStore;
   metadata: MetadataStore;
+  decodeSlots: Limiter;
 }
 
 /**
@@ -19,11 +21,13 @@ export interface Services {
  */
 export function createServices(config: Config): Services {
   const provider = new OpenAIImageProvider(config.openai);
+  const decodeSlots = new Limiter(config.maxConcurrentDecodes);
   if (config.storage.kind === 'local') {
     return {
       provider,
       images: new LocalImageStore(config.storage.dataDir),
       metadata: new LocalMetadataStore(config.storage.dataDir),
+      decodeSlots,
     };
   }
   const {bucket, projectId, firestoreDatabase, storageEndpoint} = config.storage;
@@ -49,5 +53,6 @@ export function createServices(config: Config): Services {
       ...(config.urls.mode === 'public' && config.publicBaseUrl ? {publicBaseUrl: config.publicBaseUrl} : {}),
     }),
     metadata: withDeadlines(new FirestoreMetadataStore(db, firestore.FieldPath), config.metadataTimeoutMs),
+    decodeSlots,
   };
 }

@@ -13,6 +13,9 @@ export const COLLECTIONS = {
 /** Quota counters are kept two days, then removed by the same TTL policy field. */
 const QUOTA_KEEP_MS = 2 * 24 * 3600_000;
 
+/** Requests of one caller or one key contend on one document; give the transaction room to retry. */
+const CONTENDED = {maxAttempts: 10};
+
 interface IdempotencyDoc {
   fingerprint: string;
   job_id: string;
@@ -133,7 +136,7 @@ export class FirestoreMetadataStore implements MetadataStore {
         });
       }
       return result;
-    });
+    }, CONTENDED);
   }
 
   async completeIdempotencyKey(keyHash: string, jobId: string): Promise<void> {
@@ -172,7 +175,7 @@ export class FirestoreMetadataStore implements MetadataStore {
         expires_at: new Date(Date.parse(`${day}T00:00:00Z`) + QUOTA_KEEP_MS),
       });
       return {ok: true, used: used + amount};
-    });
+    }, CONTENDED);
   }
 
   async releaseQuota(subject: string, day: string, amount: number): Promise<void> {
@@ -180,7 +183,7 @@ export class FirestoreMetadataStore implements MetadataStore {
     await this.db.runTransaction(async tx => {
       const snapshot = await tx.get(ref);
       if (snapshot.exists) tx.update(ref, {used: Math.max(0, Number(snapshot.get('used')) - amount)});
-    });
+    }, CONTENDED);
   }
 
   private quotaRef(subject: string, day: string) {

@@ -1,6 +1,6 @@
 import type {Bucket} from '@google-cloud/storage';
 import type {Readable} from 'node:stream';
-import type {ImageStore, StoredObjectInfo} from '../ports';
+import type {ImageStore, PutInfo, StoredObjectInfo} from '../ports';
 
 /** Objects are immutable once written (ids are never reused), so caches may keep them for good. */
 const IMMUTABLE_CACHE_CONTROL = 'public, max-age=31536000, immutable';
@@ -39,13 +39,11 @@ export class GcsImageStore implements ImageStore {
     return this.bucket.name;
   }
 
-  async put(
-    objectPath: string,
-    data: Buffer,
-    info: {contentType: string; metadata: Record<string, string>},
-  ): Promise<void> {
+  async put(objectPath: string, data: Buffer, info: PutInfo): Promise<void> {
     // ifGenerationMatch: 0 makes the write create-only, which also lets the
     // client retry it safely: a retry can never overwrite another object.
+    // With the MD5 known, Cloud Storage verifies the bytes itself and the
+    // client skips its own CRC32C, which it computes in JavaScript.
     await this.bucket.file(objectPath).save(data, {
       resumable: false,
       contentType: info.contentType,
@@ -53,7 +51,9 @@ export class GcsImageStore implements ImageStore {
         contentType: info.contentType,
         cacheControl: IMMUTABLE_CACHE_CONTROL,
         metadata: info.metadata,
+        ...(info.md5 ? {md5Hash: info.md5} : {}),
       },
+      ...(info.md5 ? {validation: false} : {}),
       preconditionOpts: {ifGenerationMatch: 0},
     });
   }

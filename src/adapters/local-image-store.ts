@@ -1,7 +1,7 @@
 import {promises as fs} from 'node:fs';
 import * as path from 'node:path';
 import type {Readable} from 'node:stream';
-import type {ImageStore, StoredObjectInfo} from '../ports';
+import type {ImageStore, PutInfo, StoredObjectInfo} from '../ports';
 import {createExclusive, isAlreadyExists, isNotFound, readJson, removeFile, resolveInside} from './local-fs';
 
 interface Sidecar {
@@ -23,11 +23,7 @@ export class LocalImageStore implements ImageStore {
     this.metaRoot = path.resolve(dataDir, 'object-meta');
   }
 
-  async put(
-    objectPath: string,
-    data: Buffer,
-    info: {contentType: string; metadata: Record<string, string>},
-  ): Promise<void> {
+  async put(objectPath: string, data: Buffer, info: PutInfo): Promise<void> {
     const file = resolveInside(this.objectsRoot, objectPath);
     const sidecar: Sidecar = {contentType: info.contentType, metadata: info.metadata};
     try {

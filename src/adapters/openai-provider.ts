@@ -1,7 +1,8 @@
 import {AppError} from '../errors';
 import {MODELS} from '../domain/models';
 import type {Usage} from '../domain/records';
-import type {ImageProvider, ProviderRequest, ProviderResult} from '../ports';
+import type {ImageProvider, PendingImages, ProviderRequest, ProviderResult} from '../ports';
+import {parseImagesResponse} from './images-response-parser';
 
 export interface OpenAIProviderOptions {
   apiKey: string | undefined;
@@ -18,12 +19,6 @@ const loadSdk = () => require('openai') as typeof import('openai');
 type Sdk = ReturnType<typeof loadSdk>;
 type OpenAIClient = InstanceType<Sdk['default']>;
 type GenerateParams = Parameters<OpenAIClient['images']['generate']>[0] & {stream?: false | null};
-
-/** The part of the non-streaming response we read. */
-interface UpstreamImagesResponse {
-  data?: {b64_json?: string; revised_prompt?: string}[];
-  usage?: unknown;
-}
 
 const SAFETY_CODES = new Set(['content_policy_violation', 'moderation_blocked']);
 
@@ -55,7 +50,7 @@ export class OpenAIImageProvider implements ImageProvider {
     return this.client;
   }
 
-  async generate(request: ProviderRequest, signal?: AbortSignal): Promise<ProviderResult> {
+  async generate(request: ProviderRequest, signal?: AbortSignal): Promise<PendingImages> {
     if (!this.configured) {
       throw new AppError(
         'SERVICE_ERROR',
@@ -81,25 +76,46 @@ export class OpenAIImageProvider implements ImageProvider {
     if (request.moderation !== undefined) body.moderation = request.moderation;
     if (request.user !== undefined) body.user = request.user;
 
-    let response: UpstreamImagesResponse;
+    let response: Response;
     try {
-      response = (await client.images.generate(body, {signal: combined})) as typeof response;
+      response = await client.images.generate(body, {signal: combined}).asResponse();
     } catch (error) {
       throw translateError(error, deadline.aborted, signal?.aborted ?? false);
     }
-    const items = response.data ?? [];
-    if (items.length !== request.n || items.some(item => typeof item.b64_json !== 'string')) {
+    return {read: () => this.readImages(response, request.n, deadline, signal)};
+  }
+
+  /** Streams the body: image data is decoded and hashed as it arrives (see images-response-parser). */
+  private async readImages(
+    response: Response,
+    expected: number,
+    deadline: AbortSignal,
+    signal: AbortSignal | undefined,
+  ): Promise<ProviderResult> {
+    if (!response.body) throw new AppError('UPSTREAM_ERROR', 'OpenAI answered without a body');
+    let parsed;
+    try {
+      parsed = await parseImagesResponse(response.body);
+    } catch (error) {
+      if (deadline.aborted || signal?.aborted)
+        throw translateError(error, deadline.aborted, signal?.aborted ?? false);
+      throw new AppError('UPSTREAM_ERROR', 'OpenAI sent an answer that could not be read', {cause: error});
+    }
+    const items = parsed.body.data ?? [];
+    if (items.length !== expected || parsed.images.length !== expected) {
       throw new AppError(
         'UPSTREAM_ERROR',
-        `OpenAI returned ${items.length} image(s) without data where ${request.n} were asked for`,
+        `OpenAI returned ${parsed.images.length} image(s) where ${expected} were asked for`,
       );
     }
     return {
-      images: items.map(item => ({
-        data: Buffer.from(item.b64_json as string, 'base64'),
-        revisedPrompt: item.revised_prompt ?? null,
+      images: parsed.images.map((image, i) => ({
+        data: image.data,
+        sha256: image.sha256,
+        md5: image.md5,
+        revisedPrompt: items[i]?.revised_prompt ?? null,
       })),
-      usage: (response.usage as Usage | undefined) ?? null,
+      usage: (parsed.body.usage as Usage | undefined) ?? null,
     };
   }
 }

@@ -17,10 +17,11 @@ export interface ImageInfo {
 }
 
 /**
- * Reads the format and dimensions from the image header and hashes the bytes.
+ * Reads the format and dimensions from the image header and hashes the bytes
+ * (unless the hash was computed already, while decoding).
  * Returns null for anything that is not a PNG, JPEG or WebP image.
  */
-export function inspectImage(data: Buffer): ImageInfo | null {
+export function inspectImage(data: Buffer, knownSha256?: string): ImageInfo | null {
   let header: ReturnType<typeof imageSize>;
   try {
     header = imageSize(data);
@@ -34,6 +35,6 @@ export function inspectImage(data: Buffer): ImageInfo | null {
     width: header.width,
     height: header.height,
     bytes: data.length,
-    sha256: createHash('sha256').update(data).digest('hex'),
+    sha256: knownSha256 ?? createHash('sha256').update(data).digest('hex'),
   };
 }

@@ -4,12 +4,21 @@ import type {GenerateCommand} from '../domain/generate-request';
 import {MODELS, splitIntoCalls} from '../domain/models';
 import {inspectImage} from '../domain/image-info';
 import type {ImageRecord, JobFailure, JobRecord, Usage} from '../domain/records';
-import type {ImageProvider, ImageStore, MetadataStore, ProviderRequest} from '../ports';
+import type {ImageProvider, ImageStore, MetadataStore, ProviderRequest, ProviderResult} from '../ports';
+import {Limiter} from './limiter';
+
+const UNBOUNDED = new Limiter(Number.POSITIVE_INFINITY);
 
 export interface GenerateDeps {
   provider: ImageProvider;
   images: ImageStore;
   metadata: MetadataStore;
+  /**
+   * Bounds how many upstream answers are decoded and stored at once per
+   * instance: calls wait upstream in any number, but each answer being read
+   * holds its images in memory until they are stored.
+   */
+  decodeSlots?: Limiter;
   now?: () => Date;
 }
 
@@ -61,14 +70,25 @@ export async function generateImages(
 
   const runCall = async (n: number, firstIndex: number): Promise<CallOutcome> => {
     const started = performance.now();
-    const result = await deps.provider.generate(providerRequest(command, n), callSignal);
+    const pending = await deps.provider.generate(providerRequest(command, n), callSignal);
     const upstreamMs = performance.now() - started;
+    return (deps.decodeSlots ?? UNBOUNDED).run(async () =>
+      storeCall(await pending.read(), n, firstIndex, upstreamMs),
+    );
+  };
+
+  const storeCall = async (
+    result: ProviderResult,
+    n: number,
+    firstIndex: number,
+    upstreamMs: number,
+  ): Promise<CallOutcome> => {
     const written: string[] = [];
     try {
       await Promise.all(
         result.images.map(async (generated, offset) => {
           const index = firstIndex + offset;
-          const info = inspectImage(generated.data);
+          const info = inspectImage(generated.data, generated.sha256);
           if (!info)
             throw new AppError(
               'UPSTREAM_ERROR',
@@ -82,6 +102,7 @@ export async function generateImages(
             .put(path, generated.data, {
               contentType: info.contentType,
               metadata: {sha256: info.sha256, job_id: jobId, image_id: id, model: command.model},
+              ...(generated.md5 ? {md5: generated.md5} : {}),
             })
             .catch(error => {
               throw storageError('Could not store a generated image', error);

@@ -1,0 +1,121 @@
+import {createHash, type Hash} from 'node:crypto';
+
+/** One image decoded from the response, with its hashes computed on the way. */
+export interface DecodedImage {
+  data: Buffer;
+  sha256: string;
+  md5: string;
+}
+
+export interface ParsedImagesResponse {
+  /** The JSON with every b64_json value emptied, parsed. */
+  body: {data?: {b64_json?: string; revised_prompt?: string}[]; usage?: unknown};
+  /** The b64_json values in order, decoded. */
+  images: DecodedImage[];
+}
+
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+const KEY = Buffer.from('b64_json');
+
+class ImageDecoder {
+  private readonly parts: Buffer[] = [];
+  private readonly sha256: Hash = createHash('sha256');
+  private readonly md5: Hash = createHash('md5');
+  private carry = '';
+  private size = 0;
+
+  /** Base64 text, possibly cut anywhere; only whole 4-character groups are decoded now. */
+  write(text: string): void {
+    const all = this.carry + text;
+    const whole = all.length - (all.length % 4);
+    this.carry = all.slice(whole);
+    if (whole > 0) this.push(Buffer.from(all.slice(0, whole), 'base64'));
+  }
+
+  end(): DecodedImage {
+    if (this.carry.length > 0) this.push(Buffer.from(this.carry, 'base64'));
+    return {
+      data: Buffer.concat(this.parts, this.size),
+      sha256: this.sha256.digest('hex'),
+      md5: this.md5.digest('base64'),
+    };
+  }
+
+  private push(bytes: Buffer): void {
+    this.parts.push(bytes);
+    this.size += bytes.length;
+    this.sha256.update(bytes);
+    this.md5.update(bytes);
+  }
+}
+
+/**
+ * Reads an Images API response body as it arrives. The b64_json strings (all
+ * but a few hundred bytes of it) are decoded chunk by chunk into image bytes
+ * and hashed on the way; only the small rest of the JSON is kept as text and
+ * parsed. The whole answer never exists as one string, which for a few
+ * 1536x1024 images would be tens of megabytes of string and garbage per call.
+ */
+export async function parseImagesResponse(body: AsyncIterable<Uint8Array>): Promise<ParsedImagesResponse> {
+  const skeleton: number[] = [];
+  const images: DecodedImage[] = [];
+  let decoder: ImageDecoder | undefined;
+  // Outside image data: where we are in the JSON text.
+  let inString = false;
+  let escaped = false;
+  let stringStart = -1;
+  let afterKey: 'no' | 'key' | 'colon' = 'no';
+
+  for await (const raw of body) {
+    const chunk = Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+    let i = 0;
+    while (i < chunk.length) {
+      if (decoder) {
+        const end = chunk.indexOf(QUOTE, i);
+        const stop = end === -1 ? chunk.length : end;
+        let text = chunk.toString('latin1', i, stop);
+        // JSON may escape '/' as '\/' (the backslash may end one chunk and the slash begin
+        // the next); base64 has no other character that needs escaping, so drop backslashes.
+        if (text.includes('\\')) text = text.replaceAll('\\', '');
+        decoder.write(text);
+        if (end === -1) break;
+        images.push(decoder.end());
+        decoder = undefined;
+        skeleton.push(QUOTE);
+        inString = false;
+        i = end + 1;
+        continue;
+      }
+      const byte = chunk[i]!;
+      skeleton.push(byte);
+      i++;
+      if (inString) {
+        if (escaped) escaped = false;
+        else if (byte === BACKSLASH) escaped = true;
+        else if (byte === QUOTE) {
+          inString = false;
+          const content = skeleton.slice(stringStart, skeleton.length - 1);
+          afterKey = content.length === KEY.length && KEY.equals(Buffer.from(content)) ? 'key' : 'no';
+        }
+        continue;
+      }
+      if (byte === 0x20 || byte === 0x0a || byte === 0x0d || byte === 0x09) continue;
+      if (byte === QUOTE) {
+        if (afterKey === 'colon') {
+          decoder = new ImageDecoder();
+          afterKey = 'no';
+          continue;
+        }
+        inString = true;
+        stringStart = skeleton.length;
+        afterKey = 'no';
+        continue;
+      }
+      afterKey = afterKey === 'key' && byte === 0x3a /* : */ ? 'colon' : 'no';
+    }
+  }
+  if (decoder || inString) throw new Error('the response ended inside a string');
+  const parsed = JSON.parse(Buffer.from(skeleton).toString('utf8')) as ParsedImagesResponse['body'];
+  return {body: parsed, images};
+}
