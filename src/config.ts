@@ -109,6 +109,9 @@ const EnvSchema = z.object({
   FUNCTION_TARGET: optionalText,
 });
 
+/** Every variable the function reads. */
+export const ENV_VARIABLES = Object.keys(EnvSchema.shape) as (keyof typeof EnvSchema.shape)[];
+
 export interface ApiKey {
   name: string;
   key: string;

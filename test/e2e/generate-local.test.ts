@@ -327,6 +327,25 @@ describe('imageGen end to end, local store', () => {
     expect(body.image_url).toBe(`https://img.example.com/images/${body.images[0].id}`);
   });
 
+  test('the access line carries the trace, the job and image ids, and the upstream time', async () => {
+    const trace = '4bf92f3577b34da6a3ce929d0e0e4736';
+    const {body} = await postJson(
+      `${fn.url}/generate`,
+      {prompt: 'traced'},
+      {'x-cloud-trace-context': `${trace}/7;o=1`},
+    );
+    const line = fn.logs.find(entry => entry['logging.googleapis.com/trace'] === trace && entry.httpRequest);
+    expect(line).toMatchObject({
+      'logging.googleapis.com/spanId': '0000000000000007',
+      'logging.googleapis.com/labels': {
+        job_id: body.job_id,
+        image_ids: body.images[0].id,
+        upstream_ms: expect.any(String),
+      },
+      httpRequest: {requestMethod: 'POST', requestUrl: '/generate', status: 200},
+    });
+  });
+
   test('the API key never reaches the logs', () => {
     expect(fn.logs.length).toBeGreaterThan(10);
     expect(JSON.stringify(fn.logs)).not.toContain(API_KEY);
