@@ -1,3 +1,4 @@
+import './compile-cache';
 import * as functions from '@google-cloud/functions-framework';
 import type {Request, Response} from '@google-cloud/functions-framework';
 import type {DestinationStream} from 'pino';

@@ -22,8 +22,6 @@ export interface GeneratedImage {
   revisedPrompt: string | null;
   /** Computed while decoding, when the provider can; saves hashing the bytes again. */
   sha256?: string;
-  /** Base64 MD5, which Cloud Storage checks on upload. */
-  md5?: string;
 }
 
 export interface ProviderResult {
@@ -55,8 +53,6 @@ export interface StoredObjectInfo {
 export interface PutInfo {
   contentType: string;
   metadata: Record<string, string>;
-  /** Base64 MD5 of the bytes, if known: the store may have the backend verify it. */
-  md5?: string;
 }
 
 /** Bytes by path. Paths are built by the use cases, never from caller input. */

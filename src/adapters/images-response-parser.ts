@@ -1,10 +1,9 @@
 import {createHash, type Hash} from 'node:crypto';
 
-/** One image decoded from the response, with its hashes computed on the way. */
+/** One image decoded from the response, with its sha256 computed on the way. */
 export interface DecodedImage {
   data: Buffer;
   sha256: string;
-  md5: string;
 }
 
 export interface ParsedImagesResponse {
@@ -21,7 +20,6 @@ const KEY = Buffer.from('b64_json');
 class ImageDecoder {
   private readonly parts: Buffer[] = [];
   private readonly sha256: Hash = createHash('sha256');
-  private readonly md5: Hash = createHash('md5');
   private carry = '';
   private size = 0;
 
@@ -38,7 +36,6 @@ class ImageDecoder {
     return {
       data: Buffer.concat(this.parts, this.size),
       sha256: this.sha256.digest('hex'),
-      md5: this.md5.digest('base64'),
     };
   }
 
@@ -46,7 +43,6 @@ class ImageDecoder {
     this.parts.push(bytes);
     this.size += bytes.length;
     this.sha256.update(bytes);
-    this.md5.update(bytes);
   }
 }
 

@@ -11,10 +11,33 @@ function tempPathFor(file: string): string {
   return `${file}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
 }
 
+/** Directories known to exist; saves a mkdir call per write on the hot path. */
+const existingDirs = new Set<string>();
+
+/**
+ * Creates `file` exclusively with `data`, making its directory first unless it
+ * is known to exist (and again if it was removed meanwhile).
+ */
+export async function writeNew(file: string, data: Buffer | string): Promise<void> {
+  const dir = path.dirname(file);
+  if (!existingDirs.has(dir)) {
+    await fs.mkdir(dir, {recursive: true});
+    existingDirs.add(dir);
+  }
+  try {
+    await fs.writeFile(file, data, {flag: 'wx'});
+  } catch (error) {
+    if (!isNotFound(error)) throw error;
+    existingDirs.delete(dir);
+    await fs.mkdir(dir, {recursive: true});
+    existingDirs.add(dir);
+    await fs.writeFile(file, data, {flag: 'wx'});
+  }
+}
+
 async function writeTemp(file: string, data: Buffer | string): Promise<string> {
-  await fs.mkdir(path.dirname(file), {recursive: true});
   const temp = tempPathFor(file);
-  await fs.writeFile(temp, data, {flag: 'wx'});
+  await writeNew(temp, data);
   return temp;
 }
 

@@ -2,7 +2,15 @@ import {promises as fs} from 'node:fs';
 import * as path from 'node:path';
 import type {Readable} from 'node:stream';
 import type {ImageStore, PutInfo, StoredObjectInfo} from '../ports';
-import {createExclusive, isAlreadyExists, isNotFound, readJson, removeFile, resolveInside} from './local-fs';
+import {
+  createExclusive,
+  isAlreadyExists,
+  isNotFound,
+  readJson,
+  removeFile,
+  resolveInside,
+  writeNew,
+} from './local-fs';
 
 interface Sidecar {
   contentType: string;
@@ -29,11 +37,20 @@ export class LocalImageStore implements ImageStore {
     try {
       // The sidecar goes first: an object that exists always has its metadata.
       await createExclusive(this.sidecarPath(objectPath), JSON.stringify(sidecar));
-      await createExclusive(file, data);
     } catch (error) {
       if (isAlreadyExists(error)) throw new Error(`Object already exists: ${objectPath}`, {cause: error});
-      await removeFile(this.sidecarPath(objectPath)).catch(() => undefined);
       throw error;
+    }
+    try {
+      // Object bytes are written in place (create-only): no reader knows the path
+      // until the records that name it are written, after this write completes.
+      await writeNew(file, data);
+    } catch (error) {
+      if (!isAlreadyExists(error)) await removeFile(file).catch(() => undefined);
+      await removeFile(this.sidecarPath(objectPath)).catch(() => undefined);
+      throw isAlreadyExists(error)
+        ? new Error(`Object already exists: ${objectPath}`, {cause: error})
+        : error;
     }
   }
 
@@ -87,7 +104,9 @@ export class LocalImageStore implements ImageStore {
         }
       }
     };
-    await walk(this.objectsRoot);
+    // Walk only the directory the prefix names, not the whole tree.
+    const slash = prefix.lastIndexOf('/');
+    await walk(slash === -1 ? this.objectsRoot : resolveInside(this.objectsRoot, prefix.slice(0, slash)));
     return found.sort();
   }
 

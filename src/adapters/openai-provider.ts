@@ -112,7 +112,6 @@ export class OpenAIImageProvider implements ImageProvider {
       images: parsed.images.map((image, i) => ({
         data: image.data,
         sha256: image.sha256,
-        md5: image.md5,
         revisedPrompt: items[i]?.revised_prompt ?? null,
       })),
       usage: (parsed.body.usage as Usage | undefined) ?? null,

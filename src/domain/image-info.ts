@@ -1,5 +1,7 @@
 import {createHash} from 'node:crypto';
-import {imageSize} from 'image-size';
+
+type ImageSize = typeof import('image-size').imageSize;
+let imageSize: ImageSize | undefined;
 
 const FORMATS: Record<string, {contentType: string; extension: string}> = {
   png: {contentType: 'image/png', extension: 'png'},
@@ -22,7 +24,9 @@ export interface ImageInfo {
  * Returns null for anything that is not a PNG, JPEG or WebP image.
  */
 export function inspectImage(data: Buffer, knownSha256?: string): ImageInfo | null {
-  let header: ReturnType<typeof imageSize>;
+  // Loaded on first use: nothing at cold start needs it.
+  imageSize ??= (require('image-size') as typeof import('image-size')).imageSize;
+  let header: ReturnType<ImageSize>;
   try {
     header = imageSize(data);
   } catch {

@@ -102,7 +102,6 @@ export async function generateImages(
             .put(path, generated.data, {
               contentType: info.contentType,
               metadata: {sha256: info.sha256, job_id: jobId, image_id: id, model: command.model},
-              ...(generated.md5 ? {md5: generated.md5} : {}),
             })
             .catch(error => {
               throw storageError('Could not store a generated image', error);
