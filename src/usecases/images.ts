@@ -116,14 +116,21 @@ export async function deleteImage(deps: ImageDeps, id: string): Promise<ImageRec
   return removed;
 }
 
-/** Objects first, then the job and its records, for the reason given on deleteImage. */
+/**
+ * Image by image, object then record (see deleteImage), then the job. If a
+ * step fails, the images already deleted are gone whole and the rest are
+ * untouched, so the job still lists exactly the images that exist, and a
+ * retry carries on where this one stopped.
+ */
 export async function deleteJob(deps: ImageDeps, id: string): Promise<JobRecord> {
   const job = await findJob(deps, id);
-  await guard(
-    'Could not delete the images of the job',
-    Promise.all(job.images.map(image => deps.images.delete(image.object_path))),
-  );
+  const now = (deps.now ?? (() => new Date()))().toISOString();
+  // One at a time: each image's record update touches the same job record.
+  for (const image of job.images) {
+    await guard('Could not delete an image of the job', deps.images.delete(image.object_path));
+    await guard('Could not delete an image record of the job', deps.metadata.deleteImage(image.id, now));
+  }
   const removed = await guard('Could not delete the job record', deps.metadata.deleteJob(id));
   if (!removed) throw jobNotFound(id);
-  return removed;
+  return job;
 }

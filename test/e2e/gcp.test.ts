@@ -143,6 +143,52 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
       expect(names.some(name => name.includes(`/00${failedIndex}-`))).toBe(false);
     });
 
+    test('a delete that fails half-way leaves every listed image whole, and a retry finishes it', async () => {
+      const {body} = await postJson(`${fn.url}/generate`, {
+        prompt: 'delete under faults',
+        count: 3,
+        model: 'dall-e-2',
+        size: '256x256',
+      });
+      const jobId = body.job_id;
+      // The second image's object cannot be deleted.
+      gcs.injectFault({op: 'delete', status: 403, objectNameMatches: /\/001-/}, {probability: 1});
+      const failed = await fetch(`${fn.url}/jobs/${jobId}`, {method: 'DELETE'});
+      expect(failed.status).toBe(503);
+      gcs.clearFaults();
+      const after = await getJson(`${fn.url}/jobs/${jobId}`);
+      const listed: {id: string}[] = after.body.images;
+      const objects = gcs.listObjectNames(BUCKET, `images/${jobId}/`);
+      // Every listed image has its object, and every object is listed: nothing half-deleted.
+      const objectIds = objects.map(name => /\/\d{3}-(.+)\.png$/.exec(name)![1]);
+      expect(listed.map(image => image.id).sort()).toEqual(objectIds.sort());
+      expect(listed.length).toBe(2);
+      for (const image of listed)
+        expect((await db.collection('images').doc(image.id).get()).exists).toBe(true);
+      expect((await db.collection('images').doc(body.images[0].id).get()).exists).toBe(false);
+
+      const retried = await fetch(`${fn.url}/jobs/${jobId}`, {method: 'DELETE'});
+      expect(retried.status).toBe(200);
+      expect(gcs.listObjectNames(BUCKET, `images/${jobId}/`)).toEqual([]);
+      expect((await db.collection('jobs').doc(jobId).get()).exists).toBe(false);
+    });
+
+    test('an image whose object cannot be deleted keeps its record', async () => {
+      const {body} = await postJson(`${fn.url}/generate`, {
+        prompt: 'keep me',
+        model: 'dall-e-2',
+        size: '256x256',
+      });
+      const image = body.images[0];
+      gcs.injectFault({op: 'delete', status: 503}, {probability: 1});
+      const failed = await fetch(`${fn.url}/images/${image.id}`, {method: 'DELETE'});
+      gcs.clearFaults();
+      expect(failed.status).toBe(503);
+      expect((await fetch(`${fn.url}/images/${image.id}`)).status).toBe(200);
+      expect((await fetch(`${fn.url}/images/${image.id}`, {method: 'DELETE'})).status).toBe(200);
+      expect(gcs.listObjectNames(BUCKET, `images/${body.job_id}/`)).toEqual([]);
+    });
+
     test('an unreachable bucket makes health say so', async () => {
       const broken = await startFunction({
         OPENAI_API_KEY: 'sk-test-key',
@@ -162,6 +208,32 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
         await broken.close();
       }
     });
+  });
+
+  test.each([
+    [{}, `https://storage.googleapis.com/${BUCKET}/`],
+    [{PUBLIC_BASE_URL: 'https://cdn.example.com/img/'}, 'https://cdn.example.com/img/'],
+  ])('URL_MODE=public with %j gives object URLs under %s', async (extra, base) => {
+    const openai = await startFakeOpenAI();
+    const fn = await startFunction({
+      OPENAI_API_KEY: 'sk-test-key',
+      OPENAI_BASE_URL: openai.url,
+      ...gcpEnv({URL_MODE: 'public', ...extra}),
+    });
+    try {
+      const {body} = await postJson(`${fn.url}/generate`, {
+        prompt: 'public',
+        model: 'dall-e-2',
+        size: '256x256',
+      });
+      const image = body.images[0];
+      expect(image.url).toBe(`${base}images/${body.job_id}/000-${image.id}.png`);
+      expect(image.url_expires_at).toBeNull();
+      expect(image.gcs_uri).toBe(`gs://${BUCKET}/images/${body.job_id}/000-${image.id}.png`);
+    } finally {
+      await fn.close();
+      await openai.close();
+    }
   });
 
   resourceSuite('Cloud Storage + Firestore', {
