@@ -1,72 +1,14 @@
 // Runs the whole test suite: starts the Firestore emulator (unless one is
 // already given in FIRESTORE_EMULATOR_HOST), runs jest, stops the emulator and
 // prints one closing line, "N passed, N failed".
-import {spawn, spawnSync} from 'node:child_process';
+import {spawnSync} from 'node:child_process';
 import {mkdirSync, readFileSync, rmSync} from 'node:fs';
-import {createServer} from 'node:net';
 import {join} from 'node:path';
+import {hasGcloud, startFirestoreEmulator} from './support/firestore-emulator.mjs';
 
 const root = new URL('..', import.meta.url).pathname;
 const resultsDir = join(root, '.test-results');
 const resultsFile = join(resultsDir, 'jest.json');
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.unref();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const {port} = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-function hasGcloud() {
-  return spawnSync('gcloud', ['--version'], {stdio: 'ignore'}).status === 0;
-}
-
-async function startFirestoreEmulator() {
-  const port = await freePort();
-  const child = spawn(
-    'gcloud',
-    ['emulators', 'firestore', 'start', `--host-port=127.0.0.1:${port}`, '--quiet'],
-    {detached: true, stdio: ['ignore', 'pipe', 'pipe']},
-  );
-  let output = '';
-  await new Promise((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`Firestore emulator did not start in 90 s:\n${output}`)),
-      90_000,
-    );
-    const onData = chunk => {
-      output += chunk;
-      if (output.includes('Dev App Server is now running')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    child.on('exit', code => {
-      clearTimeout(timer);
-      reject(new Error(`Firestore emulator exited (${code}):\n${output}`));
-    });
-  });
-  child.stdout.resume();
-  child.stderr.resume();
-  child.removeAllListeners('exit');
-  return {
-    host: `127.0.0.1:${port}`,
-    stop() {
-      try {
-        process.kill(-child.pid, 'SIGTERM'); // gcloud starts java as a child: stop the group
-      } catch {
-        // already gone
-      }
-    },
-  };
-}
 
 let emulator;
 const env = {...process.env, METADATA_SERVER_DETECTION: 'none'};

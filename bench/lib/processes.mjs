@@ -2,7 +2,11 @@
 // started here is remembered and stopped by its own id when the bench ends.
 import {execFileSync, fork, spawn} from 'node:child_process';
 import {existsSync, readFileSync, readdirSync, writeFileSync} from 'node:fs';
-import {createServer} from 'node:net';
+import {
+  freePort,
+  hasGcloud,
+  startFirestoreEmulator as startEmulator,
+} from '../../test/support/firestore-emulator.mjs';
 import {fileURLToPath} from 'node:url';
 import {join} from 'node:path';
 
@@ -36,17 +40,7 @@ export function stopAll() {
   }
 }
 
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.unref();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const {port} = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
+export {freePort};
 
 export const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
 
@@ -152,70 +146,18 @@ export function spawnFunction({source, target, env, port, nodeArgs = []}) {
   };
 }
 
-export function hasGcloud() {
-  return new Promise(resolve => {
-    const child = spawn('gcloud', ['--version'], {stdio: 'ignore'});
-    child.on('error', () => resolve(false));
-    child.on('exit', code => resolve(code === 0));
-  });
-}
+export {hasGcloud};
 
-/**
- * `gcloud emulators firestore start` on a free port; ready when it prints
- * "Dev App Server is now running". gcloud starts java as its child, so it runs
- * in its own process group and is stopped through that group (by its id).
- */
+/** The shared emulator starter (test/support/firestore-emulator.mjs), tracked so stopAll() stops it. */
 export async function startFirestoreEmulator() {
-  const port = await freePort();
-  const child = spawn(
-    'gcloud',
-    ['emulators', 'firestore', 'start', `--host-port=127.0.0.1:${port}`, '--quiet'],
-    {
-      detached: true,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
-  const stopGroup = () => {
-    try {
-      process.kill(-child.pid, 'SIGTERM');
-    } catch {
-      // already gone
-    }
-  };
-  track(child, stopGroup);
-  let output = '';
-  await new Promise((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`Firestore emulator did not start in 120 s:\n${output}`)),
-      120_000,
-    );
-    const onData = chunk => {
-      output = (output + chunk).slice(-8000);
-      if (output.includes('Dev App Server is now running')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    child.on('error', error => {
-      clearTimeout(timer);
-      reject(error);
-    });
-    child.on('exit', code => {
-      clearTimeout(timer);
-      reject(new Error(`Firestore emulator exited (${code}):\n${output}`));
-    });
-  });
-  child.stdout.resume();
-  child.stderr.resume();
-  child.removeAllListeners('exit');
+  const emulator = await startEmulator();
+  running.set(emulator.pid, emulator.stop);
   return {
-    host: `127.0.0.1:${port}`,
-    pgid: child.pid,
+    host: emulator.host,
+    pgid: emulator.pid,
     async stop() {
-      stopGroup();
-      running.delete(child.pid);
+      emulator.stop();
+      running.delete(emulator.pid);
     },
   };
 }

@@ -1,8 +1,7 @@
 import fc from 'fast-check';
 import {ERROR_CODES} from '../../src/errors';
 import {MODEL_IDS, MODELS} from '../../src/domain/models';
-import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
-import {startFunction, type RunningFunction} from '../support/function-server';
+import {useFunctionWithFakeOpenAI} from '../support/function-server';
 import {useTempDir} from '../support/temp-dir';
 
 /** Values of every JSON type, to put where a field expects one type. */
@@ -102,30 +101,18 @@ const contentType = fc.oneof(
 
 describe('any body: never a 5xx, always a JSON error with a stable code', () => {
   const dataDir = useTempDir();
-  let openai: FakeOpenAI;
-  let fn: RunningFunction;
   const codes = new Set<string>(ERROR_CODES);
-
-  beforeAll(async () => {
-    openai = await startFakeOpenAI();
-    fn = await startFunction({
-      OPENAI_API_KEY: 'sk-test-key',
-      OPENAI_BASE_URL: openai.url,
-      DATA_DIR: dataDir(),
-      UPSTREAM_MAX_RETRIES: '0',
-      LOG_LEVEL: 'error',
-    });
-  });
-  afterAll(async () => {
-    await fn.close();
-    await openai.close();
-  });
+  const ctx = useFunctionWithFakeOpenAI(() => ({
+    DATA_DIR: dataDir(),
+    UPSTREAM_MAX_RETRIES: '0',
+    LOG_LEVEL: 'error',
+  }));
 
   test('1500 generated requests', async () => {
     const seen = new Map<number, number>();
     await fc.assert(
       fc.asyncProperty(body, contentType, async (payload, type) => {
-        const response = await fetch(`${fn.url}/generate`, {
+        const response = await fetch(`${ctx.fn.url}/generate`, {
           method: 'POST',
           headers: {'content-type': type},
           body: payload,

@@ -1,7 +1,6 @@
 import {existsSync, readdirSync} from 'node:fs';
 import {join} from 'node:path';
-import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
-import {getJson, postJson, startFunction, type RunningFunction} from '../support/function-server';
+import {getJson, postJson, useFunctionWithFakeOpenAI} from '../support/function-server';
 import {useTempDir} from '../support/temp-dir';
 
 function objectCount(dataDir: string): number {
@@ -12,24 +11,11 @@ function objectCount(dataDir: string): number {
 
 describe('upstream faults', () => {
   const dataDir = useTempDir();
-  let openai: FakeOpenAI;
-  let fn: RunningFunction;
-
-  beforeAll(async () => {
-    openai = await startFakeOpenAI();
-    fn = await startFunction({
-      OPENAI_API_KEY: 'sk-test-key',
-      OPENAI_BASE_URL: openai.url,
-      DATA_DIR: dataDir(),
-      DEFAULT_MODEL: 'dall-e-2',
-      UPSTREAM_MAX_RETRIES: '2',
-    });
-  });
-  afterAll(async () => {
-    await fn.close();
-    await openai.close();
-  });
-  beforeEach(() => openai.reset());
+  const ctx = useFunctionWithFakeOpenAI(() => ({
+    DATA_DIR: dataDir(),
+    DEFAULT_MODEL: 'dall-e-2',
+    UPSTREAM_MAX_RETRIES: '2',
+  }));
 
   const small = {prompt: 'retry', size: '256x256'};
 
@@ -38,46 +24,46 @@ describe('upstream faults', () => {
     [{kind: 'connection_reset'} as const],
     [{kind: 'rate_limit', retryAfterSeconds: 1} as const],
   ])('a transient %j is retried and the job completes', async fault => {
-    openai.injectFault(fault);
-    const {status} = await postJson(`${fn.url}/generate`, small);
+    ctx.openai.injectFault(fault);
+    const {status} = await postJson(`${ctx.fn.url}/generate`, small);
     expect(status).toBe(200);
-    expect(openai.requests.filter(r => r.path === '/v1/images/generations')).toHaveLength(2);
+    expect(ctx.openai.requests.filter(r => r.path === '/v1/images/generations')).toHaveLength(2);
   });
 
   test('retries stop after UPSTREAM_MAX_RETRIES and leave nothing behind', async () => {
     const before = objectCount(dataDir());
-    openai.injectFault({kind: 'server_error', status: 502}, {times: 3});
-    const {status, body} = await postJson(`${fn.url}/generate`, small);
+    ctx.openai.injectFault({kind: 'server_error', status: 502}, {times: 3});
+    const {status, body} = await postJson(`${ctx.fn.url}/generate`, small);
     expect([status, body.code]).toEqual([502, 'UPSTREAM_ERROR']);
-    expect(openai.requests).toHaveLength(3);
+    expect(ctx.openai.requests).toHaveLength(3);
     expect(objectCount(dataDir())).toBe(before);
   });
 
   test('a refusal (400) is never retried', async () => {
-    openai.injectFault({kind: 'content_policy'});
-    const {status} = await postJson(`${fn.url}/generate`, small);
+    ctx.openai.injectFault({kind: 'content_policy'});
+    const {status} = await postJson(`${ctx.fn.url}/generate`, small);
     expect(status).toBe(400);
-    expect(openai.requests).toHaveLength(1);
+    expect(ctx.openai.requests).toHaveLength(1);
   });
 
   test('a client that disconnects mid-generation still gets a whole job, not half of one', async () => {
-    openai.setLatency(400);
+    ctx.openai.setLatency(400);
     const tag = `disconnect-${Date.now()}`;
     const abort = new AbortController();
-    const pending = fetch(`${fn.url}/generate`, {
+    const pending = fetch(`${ctx.fn.url}/generate`, {
       method: 'POST',
       headers: {'content-type': 'application/json'},
       body: JSON.stringify({...small, count: 2, metadata: {tag}}),
       signal: abort.signal,
     }).catch((error: unknown) => error);
-    while (openai.requests.length === 0) await new Promise(resolve => setTimeout(resolve, 10));
+    while (ctx.openai.requests.length === 0) await new Promise(resolve => setTimeout(resolve, 10));
     abort.abort();
     expect(await pending).toMatchObject({name: 'AbortError'});
     // The job finishes on its own; poll for it rather than guess how long that takes.
     let jobs: {images: {url: string; sha256: string}[]; status: string}[] = [];
     for (let i = 0; i < 100 && jobs.length === 0; i++) {
       await new Promise(resolve => setTimeout(resolve, 50));
-      jobs = (await getJson(`${fn.url}/jobs?metadata.tag=${tag}`)).body.jobs;
+      jobs = (await getJson(`${ctx.fn.url}/jobs?metadata.tag=${tag}`)).body.jobs;
     }
     expect(jobs).toHaveLength(1);
     expect(jobs[0]!.status).toBe('completed');

@@ -1,5 +1,4 @@
-import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
-import {getJson, postJson, startFunction, type RunningFunction} from '../support/function-server';
+import {getJson, postJson, startFunction, useFunctionWithFakeOpenAI} from '../support/function-server';
 import {useTempDir} from '../support/temp-dir';
 
 const ALICE = 'alice-key-0123456789abcdef';
@@ -7,32 +6,19 @@ const BOB = 'bob-key-0123456789abcdef00';
 
 describe('API keys, quotas and refused input', () => {
   const dataDir = useTempDir();
-  let openai: FakeOpenAI;
-  let fn: RunningFunction;
-
-  beforeAll(async () => {
-    openai = await startFakeOpenAI();
-    fn = await startFunction({
-      OPENAI_API_KEY: 'sk-test-key',
-      OPENAI_BASE_URL: openai.url,
-      DATA_DIR: dataDir(),
-      DEFAULT_MODEL: 'dall-e-2',
-      UPSTREAM_MAX_RETRIES: '0',
-      API_KEYS: `alice:${ALICE}:3,bob:${BOB}`,
-      MAX_BODY_BYTES: '2048',
-      LOG_PROMPTS: 'false',
-    });
-  });
-  afterAll(async () => {
-    await fn.close();
-    await openai.close();
-  });
-  beforeEach(() => openai.reset());
+  const ctx = useFunctionWithFakeOpenAI(() => ({
+    DATA_DIR: dataDir(),
+    DEFAULT_MODEL: 'dall-e-2',
+    UPSTREAM_MAX_RETRIES: '0',
+    API_KEYS: `alice:${ALICE}:3,bob:${BOB}`,
+    MAX_BODY_BYTES: '2048',
+    LOG_PROMPTS: 'false',
+  }));
 
   const small = {prompt: 'a secret prompt about pelicans', size: '256x256'};
 
   test('without a key every route but health and the API document is 401', async () => {
-    const generate = await postJson(`${fn.url}/generate`, small);
+    const generate = await postJson(`${ctx.fn.url}/generate`, small);
     expect([generate.status, generate.body.code]).toEqual([401, 'UNAUTHENTICATED']);
     expect(generate.headers.get('www-authenticate')).toBe('Bearer');
     for (const path of [
@@ -40,27 +26,27 @@ describe('API keys, quotas and refused input', () => {
       '/jobs/6f1c7d1e-2a3b-4c5d-8e9f-0a1b2c3d4e5f',
       '/images/6f1c7d1e-2a3b-4c5d-8e9f-0a1b2c3d4e5f',
     ]) {
-      const read = await getJson(`${fn.url}${path}`);
+      const read = await getJson(`${ctx.fn.url}${path}`);
       expect([path, read.status, read.body.code]).toEqual([path, 401, 'UNAUTHENTICATED']);
     }
-    expect((await getJson(`${fn.url}/health`)).status).toBe(200);
-    expect((await getJson(`${fn.url}/openapi.json`)).status).toBe(200);
-    expect(openai.requests).toHaveLength(0);
+    expect((await getJson(`${ctx.fn.url}/health`)).status).toBe(200);
+    expect((await getJson(`${ctx.fn.url}/openapi.json`)).status).toBe(200);
+    expect(ctx.openai.requests).toHaveLength(0);
   });
 
   test('a wrong key is 401; a right one works in either header', async () => {
-    const wrong = await postJson(`${fn.url}/generate`, small, {'x-api-key': `${BOB}x`});
+    const wrong = await postJson(`${ctx.fn.url}/generate`, small, {'x-api-key': `${BOB}x`});
     expect([wrong.status, wrong.body.error]).toEqual([401, 'The API key is not valid']);
-    const viaHeader = await postJson(`${fn.url}/generate`, small, {'x-api-key': BOB});
+    const viaHeader = await postJson(`${ctx.fn.url}/generate`, small, {'x-api-key': BOB});
     expect(viaHeader.status).toBe(200);
-    const viaBearer = await getJson(`${fn.url}/jobs/${viaHeader.body.job_id}`, {
+    const viaBearer = await getJson(`${ctx.fn.url}/jobs/${viaHeader.body.job_id}`, {
       headers: {authorization: `Bearer ${BOB}`},
     });
     expect([viaBearer.status, viaBearer.body.job_id]).toEqual([200, viaHeader.body.job_id]);
   });
 
   test('an ID token in Authorization does not hide a valid X-API-Key', async () => {
-    const both = await postJson(`${fn.url}/generate`, small, {
+    const both = await postJson(`${ctx.fn.url}/generate`, small, {
       authorization: 'Bearer eyJhbGciOi.not-ours',
       'x-api-key': BOB,
     });
@@ -68,23 +54,23 @@ describe('API keys, quotas and refused input', () => {
   });
 
   test('a daily quota is enforced before any upstream call, and failures give images back', async () => {
-    openai.injectFault({kind: 'server_error'});
-    const failed = await postJson(`${fn.url}/generate`, {...small, count: 2}, {'x-api-key': ALICE});
+    ctx.openai.injectFault({kind: 'server_error'});
+    const failed = await postJson(`${ctx.fn.url}/generate`, {...small, count: 2}, {'x-api-key': ALICE});
     expect(failed.status).toBe(502);
-    const first = await postJson(`${fn.url}/generate`, {...small, count: 2}, {'x-api-key': ALICE});
+    const first = await postJson(`${ctx.fn.url}/generate`, {...small, count: 2}, {'x-api-key': ALICE});
     expect(first.status).toBe(200);
-    const over = await postJson(`${fn.url}/generate`, {...small, count: 2}, {'x-api-key': ALICE});
+    const over = await postJson(`${ctx.fn.url}/generate`, {...small, count: 2}, {'x-api-key': ALICE});
     expect([over.status, over.body.code]).toEqual([429, 'QUOTA_EXCEEDED']);
     expect(Number(over.headers.get('retry-after'))).toBeGreaterThan(0);
     expect(Number(over.headers.get('retry-after'))).toBeLessThanOrEqual(86400);
-    const last = await postJson(`${fn.url}/generate`, small, {'x-api-key': ALICE});
+    const last = await postJson(`${ctx.fn.url}/generate`, small, {'x-api-key': ALICE});
     expect(last.status).toBe(200);
     // Two failed-then-given-back images, two made, one more made: three upstream calls, none for the refusal.
-    expect(openai.requests).toHaveLength(3);
+    expect(ctx.openai.requests).toHaveLength(3);
   });
 
   test('a body over MAX_BODY_BYTES is 413', async () => {
-    const big = await postJson(`${fn.url}/generate`, {prompt: 'x'.repeat(4096)}, {'x-api-key': BOB});
+    const big = await postJson(`${ctx.fn.url}/generate`, {prompt: 'x'.repeat(4096)}, {'x-api-key': BOB});
     expect([big.status, big.body.code]).toEqual([413, 'PAYLOAD_TOO_LARGE']);
   });
 
@@ -92,18 +78,20 @@ describe('API keys, quotas and refused input', () => {
     ['__proto__', '{"prompt":"x","__proto__":{"admin":true}}'],
     ['constructor', '{"prompt":"x","metadata":{"constructor":"y"}}'],
   ])('a %s key is refused', async (_key, raw) => {
-    const response = await postJson(`${fn.url}/generate`, raw, {'x-api-key': BOB});
+    const response = await postJson(`${ctx.fn.url}/generate`, raw, {'x-api-key': BOB});
     expect([response.status, response.body.code]).toEqual([400, 'VALIDATION_ERROR']);
-    expect(openai.requests).toHaveLength(0);
+    expect(ctx.openai.requests).toHaveLength(0);
   });
 
   test('with LOG_PROMPTS=false no prompt and no key reaches the logs', () => {
-    const logs = JSON.stringify(fn.logs);
-    expect(fn.logs.some(line => line.message === 'generation started')).toBe(true);
+    const logs = JSON.stringify(ctx.fn.logs);
+    expect(ctx.fn.logs.some(line => line.message === 'generation started')).toBe(true);
     expect(logs).not.toContain('pelicans');
     for (const secret of ['sk-test-key', ALICE, BOB]) expect(logs).not.toContain(secret);
     expect(
-      fn.logs.some(line => (line['logging.googleapis.com/labels'] as {caller?: string})?.caller === 'alice'),
+      ctx.fn.logs.some(
+        line => (line['logging.googleapis.com/labels'] as {caller?: string})?.caller === 'alice',
+      ),
     ).toBe(true);
   });
 });

@@ -5,6 +5,7 @@ import {Writable} from 'node:stream';
 import * as functions from '@google-cloud/functions-framework';
 import {getTestServer} from '@google-cloud/functions-framework/testing';
 import {createImageGenHandler} from '../../src/index';
+import {startFakeOpenAI, type FakeOpenAI} from './fake-openai';
 
 export interface RunningFunction {
   /** Base URL, e.g. http://127.0.0.1:PORT */
@@ -65,4 +66,36 @@ export async function postJson<T = any>(
 export async function getJson<T = any>(url: string, init: RequestInit = {}): Promise<JsonResponse<T>> {
   const response = await fetch(url, init);
   return {status: response.status, headers: response.headers, body: (await response.json()) as T};
+}
+
+/**
+ * The usual e2e setup: a fake OpenAI server and the function wired to it,
+ * started once for the suite, with the fake's requests and faults reset
+ * before each test.
+ */
+export function useFunctionWithFakeOpenAI(env: () => Record<string, string>): {
+  readonly fn: RunningFunction;
+  readonly openai: FakeOpenAI;
+} {
+  let openai: FakeOpenAI | undefined;
+  let fn: RunningFunction | undefined;
+  beforeAll(async () => {
+    openai = await startFakeOpenAI();
+    fn = await startFunction({OPENAI_API_KEY: 'sk-test-key', OPENAI_BASE_URL: openai.url, ...env()});
+  });
+  afterAll(async () => {
+    await fn?.close();
+    await openai?.close();
+  });
+  beforeEach(() => openai?.reset());
+  return {
+    get fn() {
+      if (!fn) throw new Error('the function starts in beforeAll');
+      return fn;
+    },
+    get openai() {
+      if (!openai) throw new Error('the fake starts in beforeAll');
+      return openai;
+    },
+  };
 }
