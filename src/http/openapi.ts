@@ -17,10 +17,14 @@ import {
 const ref = (id: string) => ({$ref: `#/components/schemas/${id}`});
 const json = (schema: object) => ({'application/json': {schema}});
 
-/** Error responses a route can give, grouped by status, each listing its codes. */
+/**
+ * Error responses a route can give, grouped by status, each listing its codes.
+ * Every route that uses it may also answer UNAUTHENTICATED (when API_KEYS is
+ * set) and SERVICE_ERROR.
+ */
 function errors(...codes: ErrorCode[]): Record<string, object> {
   const byStatus = new Map<number, ErrorCode[]>();
-  for (const code of [...codes, 'SERVICE_ERROR' as const]) {
+  for (const code of [...codes, 'UNAUTHENTICATED' as const, 'SERVICE_ERROR' as const]) {
     const status = HTTP_STATUS[code];
     byStatus.set(status, [...new Set([...(byStatus.get(status) ?? []), code])]);
   }
@@ -75,6 +79,16 @@ function buildDocument(): Record<string, unknown> {
   const generateOperation = (operationId: string) => ({
     operationId,
     summary: 'Generate images and store them (rich or legacy payload)',
+    parameters: [
+      {
+        name: 'Idempotency-Key',
+        in: 'header',
+        required: false,
+        description:
+          'Makes the request safe to retry: a repeat returns the stored job (see also idempotency_key).',
+        schema: {type: 'string', pattern: '^[\\x21-\\x7e]{1,255}$'},
+      },
+    ],
     requestBody: {
       required: true,
       content: json({oneOf: [ref('GenerateRequest'), ref('LegacyGenerateRequest')]}),
@@ -91,6 +105,10 @@ function buildDocument(): Record<string, unknown> {
         'UPSTREAM_ERROR',
         'UPSTREAM_TIMEOUT',
         'STORAGE_ERROR',
+        'REQUEST_IN_PROGRESS',
+        'IDEMPOTENCY_KEY_REUSED',
+        'QUOTA_EXCEEDED',
+        'JOB_NOT_FOUND',
       ),
     },
   });
@@ -109,6 +127,7 @@ function buildDocument(): Record<string, unknown> {
       '/health': {
         get: {
           operationId: 'health',
+          security: [],
           summary: 'Liveness and store reachability',
           responses: {
             '200': {description: 'Healthy', content: json(ref('Health'))},
@@ -208,12 +227,25 @@ function buildDocument(): Record<string, unknown> {
       '/openapi.json': {
         get: {
           operationId: 'openapi',
+          security: [],
           summary: 'This document',
           responses: {'200': {description: 'OpenAPI 3.1'}},
         },
       },
     },
-    components: {schemas},
+    components: {
+      schemas,
+      securitySchemes: {
+        apiKey: {type: 'apiKey', in: 'header', name: 'X-API-Key', description: 'When API_KEYS is set.'},
+        bearer: {
+          type: 'http',
+          scheme: 'bearer',
+          description: 'An API key (API_KEYS), or a Google ID token for IAM.',
+        },
+      },
+    },
+    // No key needed unless API_KEYS is set; deployed privately, IAM checks a Google ID token first.
+    security: [{}, {apiKey: []}, {bearer: []}],
     'x-error-codes': Object.fromEntries(ERROR_CODES.map(code => [code, HTTP_STATUS[code]])),
   };
 }

@@ -5,6 +5,7 @@ import {LocalMetadataStore} from '../../src/adapters/local-metadata-store';
 import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
 import {postJson, startFunction, type RunningFunction} from '../support/function-server';
 import {useTempDir} from '../support/temp-dir';
+import {OpenApiValidator} from '../support/openapi-validator';
 
 const generations = (openai: FakeOpenAI) =>
   openai.requests.filter(r => r.path === '/v1/images/generations').length;
@@ -73,6 +74,7 @@ describe('idempotent generation', () => {
     const duplicate = await postJson(`${other.url}/generate`, body('elsewhere'), {'idempotency-key': key});
     expect(duplicate.status).toBe(409);
     expect(duplicate.body.code).toBe('REQUEST_IN_PROGRESS');
+    new OpenApiValidator().check('POST', `${other.url}/generate`, duplicate.status, duplicate.body);
     expect(Number(duplicate.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
     const done = await first;
     expect(done.status).toBe(200);
@@ -96,6 +98,7 @@ describe('idempotent generation', () => {
     await postJson(`${fn.url}/generate`, body('first'), {'idempotency-key': key});
     const reused = await postJson(`${fn.url}/generate`, body('second'), {'idempotency-key': key});
     expect([reused.status, reused.body.code]).toEqual([422, 'IDEMPOTENCY_KEY_REUSED']);
+    new OpenApiValidator().check('POST', `${fn.url}/generate`, reused.status, reused.body);
   });
 
   test('header and body keys that disagree, or a malformed key, are refused', async () => {

@@ -1,10 +1,12 @@
 import {getJson, postJson, startFunction, useFunctionWithFakeOpenAI} from '../support/function-server';
 import {useTempDir} from '../support/temp-dir';
+import {OpenApiValidator} from '../support/openapi-validator';
 
 const ALICE = 'alice-key-0123456789abcdef';
 const BOB = 'bob-key-0123456789abcdef00';
 
 describe('API keys, quotas and refused input', () => {
+  const validator = new OpenApiValidator();
   const dataDir = useTempDir();
   const ctx = useFunctionWithFakeOpenAI(() => ({
     DATA_DIR: dataDir(),
@@ -19,6 +21,7 @@ describe('API keys, quotas and refused input', () => {
 
   test('without a key every route but health and the API document is 401', async () => {
     const generate = await postJson(`${ctx.fn.url}/generate`, small);
+    validator.check('POST', `${ctx.fn.url}/generate`, generate.status, generate.body);
     expect([generate.status, generate.body.code]).toEqual([401, 'UNAUTHENTICATED']);
     expect(generate.headers.get('www-authenticate')).toBe('Bearer');
     for (const path of [
@@ -61,6 +64,7 @@ describe('API keys, quotas and refused input', () => {
     expect(first.status).toBe(200);
     const over = await postJson(`${ctx.fn.url}/generate`, {...small, count: 2}, {'x-api-key': ALICE});
     expect([over.status, over.body.code]).toEqual([429, 'QUOTA_EXCEEDED']);
+    validator.check('POST', `${ctx.fn.url}/generate`, over.status, over.body);
     expect(Number(over.headers.get('retry-after'))).toBeGreaterThan(0);
     expect(Number(over.headers.get('retry-after'))).toBeLessThanOrEqual(86400);
     const last = await postJson(`${ctx.fn.url}/generate`, small, {'x-api-key': ALICE});
