@@ -95,7 +95,10 @@ export class OpenAIImageProvider implements ImageProvider {
     if (!response.body) throw new AppError('UPSTREAM_ERROR', 'OpenAI answered without a body');
     let parsed;
     try {
-      parsed = await parseImagesResponse(response.body);
+      parsed = await parseImagesResponse(
+        response.body,
+        Number(response.headers.get('content-length') ?? NaN),
+      );
     } catch (error) {
       if (deadline.aborted || signal?.aborted)
         throw translateError(error, deadline.aborted, signal?.aborted ?? false);
