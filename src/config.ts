@@ -64,7 +64,7 @@ const EnvSchema = z.object({
   UPSTREAM_TIMEOUT_SECONDS: intInRange(5, 3600, 300),
   IDEMPOTENCY_TTL_HOURS: intInRange(1, 24 * 30, 24),
   /** Upstream answers decoded and stored at once per instance (each holds its images in memory). */
-  MAX_CONCURRENT_DECODES: intInRange(1, 256, 8),
+  MAX_CONCURRENT_DECODES: intInRange(1, 256, 4),
   /** Deadline for one Firestore call; the client has none for an unreachable backend. */
   FIRESTORE_TIMEOUT_SECONDS: intInRange(1, 300, 20),
   UPSTREAM_MAX_RETRIES: intInRange(0, 10, 2),
