@@ -51,12 +51,6 @@ export class OpenAIImageProvider implements ImageProvider {
   }
 
   async generate(request: ProviderRequest, signal?: AbortSignal): Promise<PendingImages> {
-    if (!this.configured) {
-      throw new AppError(
-        'SERVICE_ERROR',
-        'OPENAI_API_KEY is not set; the function cannot generate images until it is configured',
-      );
-    }
     const client = this.getClient();
     const deadline = AbortSignal.timeout(this.options.timeoutMs);
     const combined = signal ? AbortSignal.any([signal, deadline]) : deadline;

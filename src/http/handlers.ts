@@ -62,12 +62,6 @@ export const generate: RouteHandler = async ctx => {
     }
     command.idempotencyKey = headerKey;
   }
-  if (!services.provider.configured) {
-    throw new AppError(
-      'SERVICE_ERROR',
-      'OPENAI_API_KEY is not set; the function cannot generate images until it is configured',
-    );
-  }
   ctx.log.info(
     {
       model: command.model,
@@ -77,15 +71,12 @@ export const generate: RouteHandler = async ctx => {
     },
     'generation started',
   );
-  const quota = ctx.caller;
-  const {job, replayed} = await ctx
-    .generator()
-    .generate(
-      command,
-      quota.name !== null && quota.dailyQuota !== null
-        ? () => reserveDailyQuota(services.metadata, quota.name!, quota.dailyQuota!, command.count)
-        : undefined,
-    );
+  const {name, dailyQuota} = ctx.caller;
+  const reserveQuota =
+    name !== null && dailyQuota !== null
+      ? () => reserveDailyQuota(services.metadata, name, dailyQuota, command.count)
+      : undefined;
+  const {job, replayed} = await ctx.generator().generate(command, reserveQuota);
   if (replayed) ctx.res.setHeader('Idempotent-Replayed', 'true');
   ctx.labels.job_id = job.id;
   ctx.labels.image_ids = job.images.map(image => image.id).join(',');

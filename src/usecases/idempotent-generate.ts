@@ -49,6 +49,13 @@ export class IdempotentGenerator {
   ) {}
 
   async generate(command: GenerateCommand, beforeGenerate?: BeforeGenerate): Promise<GenerateOutcome> {
+    // Checked before any key is claimed or quota reserved.
+    if (!this.deps.provider.configured) {
+      throw new AppError(
+        'SERVICE_ERROR',
+        'OPENAI_API_KEY is not set; the function cannot generate images until it is configured',
+      );
+    }
     const key = command.idempotencyKey;
     if (key === undefined) {
       return {
