@@ -13,6 +13,14 @@ const projectRoot = fileURLToPath(new URL('..', import.meta.url));
 export function registerTsHooks() {
   const swc = require('@swc/core');
   registerHooks({
+    // The test servers import each other without an extension, as TypeScript code does.
+    resolve(specifier, context, nextResolve) {
+      const fromProject = context.parentURL?.startsWith('file:') && context.parentURL.endsWith('.ts');
+      if (fromProject && specifier.startsWith('.') && !/\.[cm]?[jt]s$/.test(specifier)) {
+        return nextResolve(`${specifier}.ts`, context);
+      }
+      return nextResolve(specifier, context);
+    },
     load(url, context, nextLoad) {
       if (!url.startsWith('file:') || !url.endsWith('.ts')) return nextLoad(url, context);
       const filename = fileURLToPath(url);

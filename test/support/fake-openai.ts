@@ -15,10 +15,10 @@
  * it, so no two images ever have the same bytes.
  */
 import {createServer, type IncomingMessage, type Server, type ServerResponse} from 'node:http';
-import type {AddressInfo, Socket} from 'node:net';
 import {randomBytes} from 'node:crypto';
 import {crc32} from 'node:zlib';
 import sharp from 'sharp';
+import {listenOnLoopback} from './loopback-server';
 
 // ---------------------------------------------------------------------------
 // Public API
@@ -759,7 +759,7 @@ const yieldToEventLoop = () => new Promise<void>(resolve => setImmediate(resolve
 class FakeOpenAIServer implements FakeOpenAI {
   readonly requests: RecordedRequest[] = [];
   private readonly server: Server;
-  private readonly sockets = new Set<Socket>();
+  private destroyConnections: () => void = () => undefined;
   private readonly sleepers = new Set<{timer: NodeJS.Timeout; resolve: () => void}>();
   private readonly urlImages = new Map<string, StoredImage>();
   private readonly apiKey: string;
@@ -782,26 +782,16 @@ class FakeOpenAIServer implements FakeOpenAI {
         this.sendError(res, error instanceof ApiError ? error : serverError(500));
       });
     });
-    this.server.on('connection', (socket: Socket) => {
-      this.sockets.add(socket);
-      socket.on('close', () => this.sockets.delete(socket));
-    });
   }
 
   get url(): string {
     return `${this.origin}/v1`;
   }
 
-  listen(): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(0, '127.0.0.1', () => {
-        this.server.off('error', reject);
-        const {port} = this.server.address() as AddressInfo;
-        this.origin = `http://127.0.0.1:${port}`;
-        resolve();
-      });
-    });
+  async listen(): Promise<void> {
+    const listener = await listenOnLoopback(this.server);
+    this.origin = listener.origin;
+    this.destroyConnections = listener.destroyConnections;
   }
 
   setLatency(ms: number): void {
@@ -853,7 +843,7 @@ class FakeOpenAIServer implements FakeOpenAI {
     this.closing = new Promise<void>(resolve => {
       this.server.close(() => resolve());
       this.server.closeAllConnections();
-      for (const socket of this.sockets) socket.destroy();
+      this.destroyConnections();
     });
     return this.closing;
   }

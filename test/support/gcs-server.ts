@@ -74,10 +74,10 @@
  */
 import {createHash, createPublicKey, randomUUID, verify as cryptoVerify, type KeyObject} from 'node:crypto';
 import {createServer, type IncomingMessage, type ServerResponse} from 'node:http';
-import type {AddressInfo, Socket} from 'node:net';
 import vm from 'node:vm';
 import {gunzipSync} from 'node:zlib';
 import {CRC32C, Storage, type StorageOptions} from '@google-cloud/storage';
+import {listenOnLoopback} from './loopback-server';
 
 export type GcsOperation = 'upload' | 'download' | 'metadata' | 'patch' | 'delete' | 'list' | 'bucket';
 
@@ -843,7 +843,7 @@ interface SignedRequestAuth {
 
 class FakeGcs implements GcsTestServer {
   private readonly http = createServer((req, res) => void this.onRequest(req, res));
-  private readonly sockets = new Set<Socket>();
+  private destroyConnections: () => void = () => undefined;
   private readonly buckets = new Map<string, BucketState>();
   private readonly sessions = new Map<string, UploadSession>();
   private faults: ActiveFault[] = [];
@@ -864,22 +864,10 @@ class FakeGcs implements GcsTestServer {
   }
 
   async listen(): Promise<void> {
-    // No idle timeout: the client pools keep-alive sockets, and a server-side idle close racing a
-    // reuse would surface as a spurious ECONNRESET. close() tears every connection down.
-    this.http.keepAliveTimeout = 0;
-    this.http.on('connection', socket => {
-      this.sockets.add(socket);
-      socket.on('close', () => this.sockets.delete(socket));
-    });
-    await new Promise<void>((resolve, reject) => {
-      this.http.once('error', reject);
-      this.http.listen(0, '127.0.0.1', () => {
-        this.http.off('error', reject);
-        resolve();
-      });
-    });
-    const {port} = this.http.address() as AddressInfo;
-    this.baseUrl = `http://127.0.0.1:${port}`;
+    // The client pools keep-alive sockets: never close them from this side.
+    const listener = await listenOnLoopback(this.http, {noIdleTimeout: true});
+    this.baseUrl = listener.origin;
+    this.destroyConnections = listener.destroyConnections;
   }
 
   createBucket(name: string): void {
@@ -954,7 +942,7 @@ class FakeGcs implements GcsTestServer {
     this.sleepers.clear();
     const done = new Promise<void>(resolve => this.http.close(() => resolve()));
     this.http.closeAllConnections();
-    for (const socket of this.sockets) socket.destroy();
+    this.destroyConnections();
     await done;
   }
 

@@ -33,10 +33,10 @@
  */
 import {generateKeyPair, randomBytes, sign as cryptoSign} from 'node:crypto';
 import {createServer, type IncomingMessage, type ServerResponse} from 'node:http';
-import type {AddressInfo, Socket} from 'node:net';
 import type {Storage, StorageOptions} from '@google-cloud/storage';
 import {GoogleAuth, OAuth2Client, type CredentialBody} from 'google-auth-library';
 import {storageClientFor, type GcsTestServer} from './gcs-server';
+import {listenOnLoopback} from './loopback-server';
 
 export const SIGN_BLOB_PATH_PREFIX = '/v1/projects/-/serviceAccounts/';
 
@@ -182,7 +182,7 @@ class FakeIamSigner implements IamSigner {
   readonly keyId = randomBytes(20).toString('hex');
   readonly accessToken = `test-token-${randomBytes(8).toString('hex')}`;
   private readonly http = createServer((req, res) => this.onRequest(req, res));
-  private readonly sockets = new Set<Socket>();
+  private destroyConnections: () => void = () => undefined;
   private baseUrl = '';
   private count = 0;
   private fault: {status: number; remaining: number} | undefined;
@@ -203,19 +203,9 @@ class FakeIamSigner implements IamSigner {
   }
 
   async listen(): Promise<void> {
-    this.http.keepAliveTimeout = 0;
-    this.http.on('connection', socket => {
-      this.sockets.add(socket);
-      socket.on('close', () => this.sockets.delete(socket));
-    });
-    await new Promise<void>((resolve, reject) => {
-      this.http.once('error', reject);
-      this.http.listen(0, '127.0.0.1', () => {
-        this.http.off('error', reject);
-        resolve();
-      });
-    });
-    this.baseUrl = `http://127.0.0.1:${(this.http.address() as AddressInfo).port}`;
+    const listener = await listenOnLoopback(this.http, {noIdleTimeout: true});
+    this.baseUrl = listener.origin;
+    this.destroyConnections = listener.destroyConnections;
   }
 
   injectFault(status: number, times = Number.POSITIVE_INFINITY): void {
@@ -234,7 +224,7 @@ class FakeIamSigner implements IamSigner {
     this.closed = true;
     const done = new Promise<void>(resolve => this.http.close(() => resolve()));
     this.http.closeAllConnections();
-    for (const socket of this.sockets) socket.destroy();
+    this.destroyConnections();
     await done;
   }
 
