@@ -627,7 +627,7 @@ async function measureMemory(mode) {
 // ---------------------------------------------------------------------------
 // 5. Cold start
 
-async function coldStart(variant) {
+async function coldStart(variant, path = '/health') {
   const port = await freePort();
   const isEmpty = variant.startsWith('empty');
   const fn = spawnFunction({
@@ -637,7 +637,7 @@ async function coldStart(variant) {
     port,
   });
   try {
-    const health = await pollUntil(() => request(`${fn.url}/health`, {useAgent: false}), {
+    const health = await pollUntil(() => request(`${fn.url}${path}`, {useAgent: false}), {
       everyMs: 2,
       timeoutMs: 60_000,
       isDead: fn.exited,
@@ -716,10 +716,13 @@ async function measureColdStart() {
   log(`5. cold start: ${variants.join(', ')} x ${config.coldReps}`);
   await fake.call('reset');
   const health = Object.fromEntries(variants.map(v => [v, []]));
+  const ready = Object.fromEntries(variants.map(v => [v, []]));
   const gen = Object.fromEntries(variants.map(v => [v, []]));
   // Interleaved, so a slow moment of the machine does not hit one variant only.
   for (let rep = 0; rep < config.coldReps; rep++) {
     for (const v of variants) health[v].push(await coldStart(v));
+    // Readiness calls both stores, so it loads their clients: shown for reference.
+    for (const v of variants) ready[v].push(await coldStart(v, '/ready'));
     for (const v of variants) gen[v].push(await coldGeneration(v));
   }
   const figure = {};
@@ -727,6 +730,7 @@ async function measureColdStart() {
     figure[v] = {
       health: median(health[v]),
       healthAll: health[v],
+      ready: median(ready[v]),
       generation: median(gen[v].map(g => g.total)),
       generationExcludingUpstream: median(gen[v].map(g => g.excludingUpstream)),
     };
@@ -946,10 +950,11 @@ function report() {
     out.push(`5. Cold start — spawn to first answer, median of ${config.coldReps}`);
     out.push(
       table(
-        ['function', '/health 200', 'first generation', 'first generation − upstream'],
+        ['function', '/health 200', '/ready 200', 'first generation', 'first generation − upstream'],
         Object.entries(f.coldStart).map(([v, x]) => [
           v,
           ms(x.health),
+          ms(x.ready),
           ms(x.generation),
           ms(x.generationExcludingUpstream),
         ]),

@@ -39,8 +39,16 @@ export interface PendingImages {
 }
 
 export interface ImageProvider {
-  /** Rejects with an AppError (CONTENT_POLICY_VIOLATION, RATE_LIMIT_EXCEEDED, UPSTREAM_*), as does read(). */
-  generate(request: ProviderRequest, signal?: AbortSignal): Promise<PendingImages>;
+  /**
+   * Rejects with an AppError (CONTENT_POLICY_VIOLATION, RATE_LIMIT_EXCEEDED,
+   * UPSTREAM_*), as does read(). `onRequestSent` runs once the request has
+   * left, while the call only waits; at the latest when the answer starts.
+   */
+  generate(
+    request: ProviderRequest,
+    signal?: AbortSignal,
+    onRequestSent?: () => void,
+  ): Promise<PendingImages>;
   readonly configured: boolean;
 }
 

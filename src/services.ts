@@ -10,28 +10,61 @@ import {Limiter} from './usecases/limiter';
 
 export interface Services {
   provider: ImageProvider;
-  images: ImageStore;
-  metadata: MetadataStore;
+  /** Built on first use: in GCP mode that loads the Google Cloud clients. */
+  readonly images: ImageStore;
+  readonly metadata: MetadataStore;
   decodeSlots: Limiter;
+  /**
+   * Builds the stores now if they are not built yet, and makes one cheap call
+   * to each (what /ready does). A generation calls it once its upstream
+   * request is on the wire, so a new instance loads the Google Cloud clients,
+   * their API descriptions and their connections while OpenAI works, not
+   * before the call or after the answer.
+   */
+  prepareStores(): void;
 }
 
-/**
- * Chooses the adapters once, from validated config. The Google Cloud clients
- * are loaded only in GCP mode.
- */
+interface Stores {
+  images: ImageStore;
+  metadata: MetadataStore;
+}
+
+/** Chooses the adapters once, from validated config. */
 export function createServices(config: Config): Services {
-  const provider = new OpenAIImageProvider(config.openai);
-  const decodeSlots = new Limiter(config.maxConcurrentDecodes);
+  let stores: Stores | undefined;
+  const getStores = () => (stores ??= createStores(config));
+  return {
+    provider: new OpenAIImageProvider(config.openai),
+    decodeSlots: new Limiter(config.maxConcurrentDecodes),
+    get images() {
+      return getStores().images;
+    },
+    get metadata() {
+      return getStores().metadata;
+    },
+    prepareStores: () => {
+      if (stores) return;
+      try {
+        const {images, metadata} = getStores();
+        // Failures are left to the requests that use the stores, which report them.
+        void Promise.allSettled([images.list('health-check/'), metadata.ping()]);
+      } catch {
+        // Not now, then: the request that uses a store reports the error.
+      }
+    },
+  };
+}
+
+function createStores(config: Config): Stores {
   if (config.storage.kind === 'local') {
     return {
-      provider,
       images: new LocalImageStore(config.storage.dataDir),
       metadata: new LocalMetadataStore(config.storage.dataDir),
-      decodeSlots,
     };
   }
   const {bucket, projectId, firestoreDatabase, storageEndpoint} = config.storage;
-  // Required here rather than at the top: local mode never pays for loading them.
+  // Required here rather than at the top: local mode never loads them, and
+  // GCP mode loads them only when a request needs a store.
   const {Storage} = require('@google-cloud/storage') as typeof import('@google-cloud/storage');
   const firestore = require('@google-cloud/firestore') as typeof import('@google-cloud/firestore');
   const storageOptions = {
@@ -46,13 +79,11 @@ export function createServices(config: Config): Services {
     ignoreUndefinedProperties: true,
   });
   return {
-    provider,
     images: new GcsImageStore(storage.bucket(bucket), {
       readBucket: readStorage.bucket(bucket),
       // In public mode PUBLIC_BASE_URL names where objects are served from (a CDN, say).
       ...(config.urls.mode === 'public' && config.publicBaseUrl ? {publicBaseUrl: config.publicBaseUrl} : {}),
     }),
     metadata: withDeadlines(new FirestoreMetadataStore(db, firestore.FieldPath), config.metadataTimeoutMs),
-    decodeSlots,
   };
 }

@@ -1,3 +1,4 @@
+import {subscribe, unsubscribe} from 'node:diagnostics_channel';
 import {AppError} from '../errors';
 import {MODELS} from '../domain/models';
 import type {Usage} from '../domain/records';
@@ -50,7 +51,11 @@ export class OpenAIImageProvider implements ImageProvider {
     return this.client;
   }
 
-  async generate(request: ProviderRequest, signal?: AbortSignal): Promise<PendingImages> {
+  async generate(
+    request: ProviderRequest,
+    signal?: AbortSignal,
+    onRequestSent?: () => void,
+  ): Promise<PendingImages> {
     const client = this.getClient();
     const deadline = AbortSignal.timeout(this.options.timeoutMs);
     const combined = signal ? AbortSignal.any([signal, deadline]) : deadline;
@@ -70,11 +75,14 @@ export class OpenAIImageProvider implements ImageProvider {
     if (request.moderation !== undefined) body.moderation = request.moderation;
     if (request.user !== undefined) body.user = request.user;
 
+    const sent = onRequestSent && onceSent(new URL(client.baseURL).origin, onRequestSent);
     let response: Response;
     try {
       response = await client.images.generate(body, {signal: combined}).asResponse();
     } catch (error) {
       throw translateError(error, deadline.aborted, signal?.aborted ?? false);
+    } finally {
+      sent?.();
     }
     return {read: () => this.readImages(response, request.n, deadline, signal)};
   }
@@ -114,6 +122,30 @@ export class OpenAIImageProvider implements ImageProvider {
       usage: (parsed.body.usage as Usage | undefined) ?? null,
     };
   }
+}
+
+const BODY_SENT = 'undici:request:bodySent';
+
+/**
+ * Runs `callback` soon after an images request to `origin` has been written in full,
+ * as fetch's HTTP client (undici) reports on its diagnostics channel. Any such
+ * request will do: the callback only prepares work for after the answer. The
+ * returned function runs it now if that has not happened yet.
+ */
+function onceSent(origin: string, callback: () => void): () => void {
+  let done = false;
+  const finish = () => {
+    if (done) return;
+    done = true;
+    unsubscribe(BODY_SENT, listener);
+    setImmediate(callback);
+  };
+  const listener = (message: unknown) => {
+    const request = (message as {request?: {origin?: unknown; path?: unknown}}).request;
+    if (request?.origin === origin && String(request.path).endsWith('/images/generations')) finish();
+  };
+  subscribe(BODY_SENT, listener);
+  return finish;
 }
 
 function translateError(error: unknown, timedOut: boolean, cancelled: boolean): AppError {

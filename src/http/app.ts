@@ -9,7 +9,7 @@ import * as handlers from './handlers';
 import type {RouteHandler} from './handlers';
 import {openApiDocument} from './openapi';
 import type {ParsedRequest} from './request-body';
-import {imageLinker} from './urls';
+import {imageLinker, type ImageLinker} from './urls';
 import {authenticate} from './auth';
 import {IdempotentGenerator} from '../usecases/idempotent-generate';
 
@@ -37,6 +37,7 @@ const openapi: RouteHandler = async ctx => sendJson(ctx.res, 200, openApiDocumen
 export const ROUTES: Route[] = [
   {pattern: /^\/(?:generate\/?)?$/, methods: {POST: handlers.generate}},
   {pattern: /^\/health\/?$/, methods: {GET: handlers.health}, open: true},
+  {pattern: /^\/ready\/?$/, methods: {GET: handlers.ready}, open: true},
   {pattern: /^\/openapi\.json$/, methods: {GET: openapi}, open: true},
   {pattern: /^\/jobs\/?$/, methods: {GET: handlers.listJobsRoute}},
   {pattern: new RegExp(`^/jobs/${ID}/?$`), methods: {GET: handlers.getJob, DELETE: handlers.removeJob}},
@@ -80,6 +81,7 @@ export function createApp(options: AppOptions): (req: IncomingMessage, res: Serv
       const caller = route.open ? {name: null, dailyQuota: null} : authenticate(req, config.apiKeys);
       if (caller.name) labels.caller = caller.name;
       const services = options.services();
+      let linker: ImageLinker | undefined;
       await handler({
         req: req as ParsedRequest,
         res,
@@ -89,7 +91,8 @@ export function createApp(options: AppOptions): (req: IncomingMessage, res: Serv
         services,
         log,
         labels,
-        links: imageLinker(config, services.images, req),
+        // Built when a response links an image: only then does it need the image store.
+        links: image => (linker ??= imageLinker(config, services.images, req))(image),
         generator: getGenerator,
         caller,
       });

@@ -84,14 +84,37 @@ export const generate: RouteHandler = async ctx => {
   sendJson(ctx.res, 200, await jobView(job, ctx.links));
 };
 
+const STORE_KINDS = {
+  local: {storage: 'local', metadata: 'local'},
+  gcp: {storage: 'gcs', metadata: 'firestore'},
+};
+
+/**
+ * Liveness: the instance runs and its configuration is valid. It touches no
+ * store, so probes may call it often, for free, and a store outage does not
+ * get healthy instances replaced.
+ */
 export const health: RouteHandler = async ctx => {
+  const kinds = STORE_KINDS[ctx.config.storage.kind];
+  sendJson(ctx.res, 200, {
+    status: 'healthy',
+    api_key_configured: ctx.services.provider.configured,
+    timestamp: new Date().toISOString(),
+    storage: {kind: kinds.storage},
+    metadata: {kind: kinds.metadata},
+    default_model: ctx.config.defaultModel,
+  });
+};
+
+/** Readiness: both stores answer (a listing of an empty prefix, a metadata read). 503 says which does not. */
+export const ready: RouteHandler = async ctx => {
   const {services} = ctx;
   const check = async (ping: () => Promise<unknown>) => {
     try {
       await ping();
       return true;
     } catch (error) {
-      ctx.log.warn({err: error}, 'health check failed');
+      ctx.log.warn({err: error}, 'readiness check failed');
       return false;
     }
   };
@@ -99,9 +122,9 @@ export const health: RouteHandler = async ctx => {
     check(() => services.images.list('health-check/')),
     check(() => services.metadata.ping()),
   ]);
-  const healthy = storageOk && metadataOk;
-  sendJson(ctx.res, healthy ? 200 : 503, {
-    status: healthy ? 'healthy' : 'unhealthy',
+  const ok = storageOk && metadataOk;
+  sendJson(ctx.res, ok ? 200 : 503, {
+    status: ok ? 'ready' : 'unavailable',
     api_key_configured: services.provider.configured,
     timestamp: new Date().toISOString(),
     storage: {kind: services.images.kind, ok: storageOk},

@@ -6,6 +6,7 @@ import {
   DeletedSchema,
   ErrorBodySchema,
   HealthSchema,
+  ReadinessSchema,
   ImageUrlSchema,
   ImageViewSchema,
   JobFailureSchema,
@@ -58,6 +59,7 @@ function buildDocument(): Record<string, unknown> {
     ImageUrlSchema,
     DeletedSchema,
     HealthSchema,
+    ReadinessSchema,
     ErrorBodySchema,
   ]) {
     const id = z.globalRegistry.get(schema)?.id;
@@ -128,10 +130,18 @@ function buildDocument(): Record<string, unknown> {
         get: {
           operationId: 'health',
           security: [],
-          summary: 'Liveness and store reachability',
+          summary: 'Liveness: the instance runs and its configuration is valid; no store is called',
+          responses: {'200': {description: 'Alive', content: json(ref('Health'))}},
+        },
+      },
+      '/ready': {
+        get: {
+          operationId: 'ready',
+          security: [],
+          summary: 'Readiness: Cloud Storage (or the local store) and Firestore answer',
           responses: {
-            '200': {description: 'Healthy', content: json(ref('Health'))},
-            '503': {description: 'A store does not answer', content: json(ref('Health'))},
+            '200': {description: 'Both stores answer', content: json(ref('Readiness'))},
+            '503': {description: 'A store does not answer', content: json(ref('Readiness'))},
           },
         },
       },

@@ -96,14 +96,25 @@ export const DeletedSchema = z
 
 export const HealthSchema = z
   .object({
-    status: z.enum(['healthy', 'unhealthy']),
+    status: z.literal('healthy'),
     api_key_configured: z.boolean(),
     timestamp: z.string(),
-    storage: z.object({kind: z.string(), ok: z.boolean()}),
-    metadata: z.object({kind: z.string(), ok: z.boolean()}),
+    storage: z.object({kind: z.enum(['local', 'gcs'])}),
+    metadata: z.object({kind: z.enum(['local', 'firestore'])}),
     default_model: z.enum(MODEL_IDS),
   })
   .meta({id: 'Health'});
+
+export const ReadinessSchema = z
+  .object({
+    status: z.enum(['ready', 'unavailable']),
+    api_key_configured: z.boolean(),
+    timestamp: z.string(),
+    storage: z.object({kind: z.enum(['local', 'gcs']), ok: z.boolean()}),
+    metadata: z.object({kind: z.enum(['local', 'firestore']), ok: z.boolean()}),
+    default_model: z.enum(MODEL_IDS),
+  })
+  .meta({id: 'Readiness'});
 
 export const ErrorBodySchema = z
   .object({

@@ -19,6 +19,8 @@ export interface GenerateDeps {
    * holds its images in memory until they are stored.
    */
   decodeSlots?: Limiter;
+  /** Gets the stores ready while the upstream call waits (see Services.prepareStores). */
+  prepareStores?: () => void;
   now?: () => Date;
 }
 
@@ -70,7 +72,7 @@ export async function generateImages(
 
   const runCall = async (n: number, firstIndex: number): Promise<CallOutcome> => {
     const started = performance.now();
-    const pending = await deps.provider.generate(providerRequest(command, n), callSignal);
+    const pending = await deps.provider.generate(providerRequest(command, n), callSignal, deps.prepareStores);
     const upstreamMs = performance.now() - started;
     return (deps.decodeSlots ?? UNBOUNDED).run(async () =>
       storeCall(await pending.read(), n, firstIndex, upstreamMs),

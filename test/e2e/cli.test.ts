@@ -80,9 +80,9 @@ describe('the compiled function under the Functions Framework CLI', () => {
       expect(response.status).toBe(503);
       expect(((await response.json()) as {code: string}).code).toBe('STORAGE_ERROR');
       expect(gcs.listObjectNames('cli-bucket')).toEqual([]);
-      const health = await fetch(`${fn.url}/health`);
-      expect(health.status).toBe(503);
-      expect(await health.json()).toMatchObject({
+      const ready = await fetch(`${fn.url}/ready`);
+      expect(ready.status).toBe(503);
+      expect(await ready.json()).toMatchObject({
         storage: {ok: true},
         metadata: {kind: 'firestore', ok: false},
       });

@@ -93,8 +93,8 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
       ).toBe(image.sha256);
     });
 
-    test('health reports Cloud Storage and Firestore', async () => {
-      const {status, body} = await getJson(`${fn.url}/health`);
+    test('ready reports Cloud Storage and Firestore', async () => {
+      const {status, body} = await getJson(`${fn.url}/ready`);
       expect(status).toBe(200);
       expect([body.storage, body.metadata]).toEqual([
         {kind: 'gcs', ok: true},
@@ -189,19 +189,24 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
       expect(gcs.listObjectNames(BUCKET, `images/${body.job_id}/`)).toEqual([]);
     });
 
-    test('an unreachable bucket makes health say so', async () => {
+    test('an unreachable bucket makes ready say so; health stays 200', async () => {
       const broken = await startFunction({
         OPENAI_API_KEY: 'sk-test-key',
         ...gcpEnv({GCS_BUCKET: 'no-such-bucket'}),
       });
       try {
         gcs.injectFault({op: 'list', status: 500}, {probability: 1});
-        const {status, body} = await getJson(`${broken.url}/health`);
+        const {status, body} = await getJson(`${broken.url}/ready`);
         expect(status).toBe(503);
         expect(body).toMatchObject({
-          status: 'unhealthy',
+          status: 'unavailable',
           storage: {kind: 'gcs', ok: false},
           metadata: {ok: true},
+        });
+        // Liveness does not depend on a store: the instance itself is fine.
+        expect((await getJson(`${broken.url}/health`)).body).toMatchObject({
+          status: 'healthy',
+          storage: {kind: 'gcs'},
         });
       } finally {
         gcs.clearFaults();

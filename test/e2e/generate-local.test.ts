@@ -294,11 +294,21 @@ describe('imageGen end to end, local store', () => {
     expect((await head.arrayBuffer()).byteLength).toBe(0);
   });
 
-  test('health reports the stores and the key', async () => {
-    const {status, body} = await getJson(`${fn.url}/health`);
-    expect(status).toBe(200);
-    expect(body).toEqual({
+  test('health reports the instance without calling a store; ready checks both stores', async () => {
+    const health = await getJson(`${fn.url}/health`);
+    expect(health.status).toBe(200);
+    expect(health.body).toEqual({
       status: 'healthy',
+      api_key_configured: true,
+      timestamp: expect.any(String),
+      storage: {kind: 'local'},
+      metadata: {kind: 'local'},
+      default_model: 'gpt-image-1.5',
+    });
+    const ready = await getJson(`${fn.url}/ready`);
+    expect(ready.status).toBe(200);
+    expect(ready.body).toEqual({
+      status: 'ready',
       api_key_configured: true,
       timestamp: expect.any(String),
       storage: {kind: 'local', ok: true},

@@ -101,8 +101,8 @@ describeWithFirestore('load with upstream faults (Cloud Storage + Firestore)', (
     // Every failure left nothing: no object beyond the answered jobs' images.
     expect(gcs.listObjectNames(BUCKET)).toHaveLength(imageIds.length);
 
-    const health = await getJson(`${fn.url}/health`);
-    expect(health.status).toBe(200);
+    const ready = await getJson(`${fn.url}/ready`);
+    expect(ready.status).toBe(200);
 
     const latencies = results.map(r => r.ms).sort((a, b) => a - b);
     const figures = {

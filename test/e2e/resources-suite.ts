@@ -180,6 +180,7 @@ export function resourceSuite(name: string, backend: Backend): void {
         '/jobs',
         '/jobs/{id}',
         '/openapi.json',
+        '/ready',
       ]);
       // Every reference resolves to a named component.
       expect(JSON.stringify(body)).not.toMatch(/__shared|\$defs/);

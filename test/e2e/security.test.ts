@@ -19,7 +19,7 @@ describe('API keys, quotas and refused input', () => {
 
   const small = {prompt: 'a secret prompt about pelicans', size: '256x256'};
 
-  test('without a key every route but health and the API document is 401', async () => {
+  test('without a key every route but health, ready and the API document is 401', async () => {
     const generate = await postJson(`${ctx.fn.url}/generate`, small);
     validator.check('POST', `${ctx.fn.url}/generate`, generate.status, generate.body);
     expect([generate.status, generate.body.code]).toEqual([401, 'UNAUTHENTICATED']);
@@ -33,6 +33,7 @@ describe('API keys, quotas and refused input', () => {
       expect([path, read.status, read.body.code]).toEqual([path, 401, 'UNAUTHENTICATED']);
     }
     expect((await getJson(`${ctx.fn.url}/health`)).status).toBe(200);
+    expect((await getJson(`${ctx.fn.url}/ready`)).status).toBe(200);
     expect((await getJson(`${ctx.fn.url}/openapi.json`)).status).toBe(200);
     expect(ctx.openai.requests).toHaveLength(0);
   });
