@@ -19,12 +19,14 @@
 //   --no-gcs                                            skip GCS + Firestore
 //   --no-build                                          use dist/ as it is
 //   --cpu-prof=DIR                                      write V8 CPU profiles of the function processes
+//   --node-options=FLAGS                                NODE_OPTIONS for the function processes instead of
+//                                                       the deploy's (env.yaml.example); "" for none
 //   --json=FILE                                         also write every figure as JSON
 //   --only=1,3,...                                      run only these measurements (default: all five)
 //   --strict                                            exit 1 when a target is missed (default: only on errors)
 import {spawnSync} from 'node:child_process';
 import {createHash, randomUUID} from 'node:crypto';
-import {mkdirSync, mkdtempSync, promises as fsp, rmSync, writeFileSync} from 'node:fs';
+import {mkdirSync, mkdtempSync, promises as fsp, readFileSync, rmSync, writeFileSync} from 'node:fs';
 import os from 'node:os';
 import {join} from 'node:path';
 import {
@@ -61,6 +63,12 @@ function option(flag, envName, fallback) {
   if (!Number.isFinite(n) || n < 0) throw new Error(`--${flag} must be a non-negative number, got ${raw}`);
   return n;
 }
+/** NODE_OPTIONS as env.yaml.example deploys the function with. */
+function deployNodeOptions() {
+  const text = readFileSync(new URL('../env.yaml.example', import.meta.url), 'utf8');
+  return /^NODE_OPTIONS:\s*"([^"]*)"/m.exec(text)?.[1] ?? '';
+}
+
 const config = {
   latencyMs: option('latency-ms', 'BENCH_LATENCY_MS', 500),
   overheadLatencyMs: option('overhead-latency-ms', 'BENCH_OVERHEAD_LATENCY_MS', 100),
@@ -70,6 +78,8 @@ const config = {
   gcs: !flags.has('no-gcs'),
   build: !flags.has('no-build'),
   cpuProfDir: flags.get('cpu-prof'),
+  // The function runs with the deploy's NODE_OPTIONS unless told otherwise.
+  nodeOptions: flags.get('node-options') ?? deployNodeOptions(),
   json: flags.get('json'),
   only: new Set((flags.get('only') ?? '1,2,3,4,5').split(',').map(x => x.trim())),
 };
@@ -158,7 +168,11 @@ function functionEnv(mode, extra = {}) {
       URL_MODE: 'public',
     });
   }
-  if (config.cpuProfDir) env.NODE_OPTIONS = `--cpu-prof --cpu-prof-dir=${config.cpuProfDir}`;
+  const nodeOptions = [
+    config.nodeOptions,
+    config.cpuProfDir && `--cpu-prof --cpu-prof-dir=${config.cpuProfDir}`,
+  ].filter(Boolean);
+  if (nodeOptions.length > 0) env.NODE_OPTIONS = nodeOptions.join(' ');
   return {...env, ...extra};
 }
 
@@ -794,6 +808,7 @@ function report() {
     `upstream latency ${config.latencyMs} ms (overhead phase ${config.overheadLatencyMs} ms); ` +
       `${config.samples} overhead samples; ${config.reps} reps; ${config.coldReps} cold starts per variant`,
   );
+  out.push(`function processes run with NODE_OPTIONS="${config.nodeOptions}"`);
   out.push('');
 
   if (f.fanOut) {

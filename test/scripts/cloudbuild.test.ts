@@ -156,8 +156,25 @@ describe('cloudbuild.yaml', () => {
 describe('env.yaml.example', () => {
   const env = parseYaml(readFileSync(join(ROOT, 'env.yaml.example'), 'utf8')) as Record<string, unknown>;
 
+  test('NODE_OPTIONS is accepted by Node and caps the young generation', () => {
+    const heapLimit = (nodeOptions: string) => {
+      const child = spawnSync(
+        process.execPath,
+        ['-e', 'process.stdout.write(String(require("v8").getHeapStatistics().heap_size_limit))'],
+        {env: {...process.env, NODE_OPTIONS: nodeOptions}, encoding: 'utf8'},
+      );
+      // Node refuses to start on a flag NODE_OPTIONS may not carry.
+      expect([child.status, child.stderr]).toEqual([0, '']);
+      return Number(child.stdout);
+    };
+    expect(env.NODE_OPTIONS).toMatch(/--max-semi-space-size=\d+/);
+    // The heap limit includes the young generation's maximum, so a smaller one shows.
+    expect(heapLimit(env.NODE_OPTIONS as string)).toBeLessThan(heapLimit(''));
+  });
+
   test('holds every non-secret setting, each as a string, and no secret', () => {
-    // Every variable the function reads, less secrets, older aliases and local-only ones.
+    // Every variable the function reads, less secrets, older aliases and local-only ones,
+    // plus NODE_OPTIONS, which Node itself reads.
     const notInFile = new Set([
       'OPENAI_API_KEY',
       'OPENAI_API',
@@ -167,7 +184,9 @@ describe('env.yaml.example', () => {
       'STORAGE_EMULATOR_HOST',
       'FUNCTION_TARGET',
     ]);
-    expect(Object.keys(env).sort()).toEqual(ENV_VARIABLES.filter(name => !notInFile.has(name)).sort());
+    expect(Object.keys(env).sort()).toEqual(
+      [...ENV_VARIABLES.filter(name => !notInFile.has(name)), 'NODE_OPTIONS'].sort(),
+    );
     for (const [key, value] of Object.entries(env)) expect([key, typeof value]).toEqual([key, 'string']);
     expect(env).not.toHaveProperty('OPENAI_API_KEY');
     expect(env).not.toHaveProperty('OPENAI_API');
