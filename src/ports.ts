@@ -27,6 +27,11 @@ export interface GeneratedImage {
 export interface ProviderResult {
   images: GeneratedImage[];
   usage: Usage;
+  /**
+   * Lets the provider reuse the images' memory. Call it once, when nothing
+   * reads or writes from `images` any more (every store call has settled).
+   */
+  release(): void;
 }
 
 /**

@@ -11,6 +11,53 @@ export interface ParsedImagesResponse {
   body: {data?: {b64_json?: string; revised_prompt?: string}[]; usage?: unknown};
   /** The b64_json values in order, decoded. */
   images: DecodedImage[];
+  /**
+   * Hands the images' memory back to the pool it came from. Call it once
+   * nothing reads `images` any more: their bytes are then overwritten by
+   * the next answer.
+   */
+  release(): void;
+}
+
+/**
+ * Decode buffers kept for reuse. Each answer needs a few megabytes for as
+ * long as its images are being stored; allocating them afresh leaves dead
+ * buffers for V8 to find (it collects them only when external memory
+ * pressure builds up, about a hundred megabytes later) and pays the page
+ * faults of new memory every time. Reads are bounded per instance, so the
+ * pool stays as small as the number of answers read at once.
+ */
+export class BufferPool {
+  private readonly free: Buffer[] = [];
+  private freeBytes = 0;
+
+  constructor(
+    private readonly maxBuffers = 8,
+    private readonly maxBytes = 64 * 1024 * 1024,
+  ) {}
+
+  /** The smallest free buffer of at least `size` bytes, or a new one. */
+  take(size: number): Buffer {
+    let best = -1;
+    for (let i = 0; i < this.free.length; i++) {
+      const length = this.free[i]!.length;
+      if (length >= size && (best === -1 || length < this.free[best]!.length)) best = i;
+    }
+    if (best === -1) return Buffer.allocUnsafe(size);
+    const [buffer] = this.free.splice(best, 1);
+    this.freeBytes -= buffer!.length;
+    return buffer!;
+  }
+
+  give(buffer: Buffer): void {
+    if (this.free.length >= this.maxBuffers || this.freeBytes + buffer.length > this.maxBytes) return;
+    this.free.push(buffer);
+    this.freeBytes += buffer.length;
+  }
+
+  get size(): number {
+    return this.free.length;
+  }
 }
 
 const QUOTE = 0x22;
@@ -25,18 +72,33 @@ const KEY = Buffer.from('b64_json');
 class Arena {
   buffer: Buffer;
   used = 0;
+  /** Every buffer this arena has used: images may point into any of them. */
+  private readonly owned: Buffer[] = [];
 
-  constructor(sizeHint: number) {
+  constructor(
+    sizeHint: number,
+    private readonly pool: BufferPool | undefined,
+  ) {
     // The hint only sizes the first allocation; a wrong one costs a copy, never correctness.
-    this.buffer = Buffer.allocUnsafe(Math.min(Math.max(64 * 1024, sizeHint), 64 * 1024 * 1024));
+    this.buffer = this.allocate(Math.min(Math.max(64 * 1024, sizeHint), 64 * 1024 * 1024));
   }
 
   /** Makes room for `bytes` more; earlier images keep pointing at the old buffer. */
   reserve(bytes: number): void {
     if (this.used + bytes <= this.buffer.length) return;
-    const grown = Buffer.allocUnsafe(Math.max(this.buffer.length * 2, this.used + bytes));
+    const grown = this.allocate(Math.max(this.buffer.length * 2, this.used + bytes));
     this.buffer.copy(grown, 0, 0, this.used);
     this.buffer = grown;
+  }
+
+  release(): void {
+    for (const buffer of this.owned.splice(0)) this.pool?.give(buffer);
+  }
+
+  private allocate(size: number): Buffer {
+    const buffer = this.pool ? this.pool.take(size) : Buffer.allocUnsafe(size);
+    this.owned.push(buffer);
+    return buffer;
   }
 }
 
@@ -83,11 +145,22 @@ class ImageDecoder {
 export async function parseImagesResponse(
   body: AsyncIterable<Uint8Array>,
   contentLength?: number,
+  pool?: BufferPool,
 ): Promise<ParsedImagesResponse> {
   // Base64 is 4 characters for 3 bytes: the body's length bounds the images' size.
   const arena = new Arena(
     contentLength && Number.isFinite(contentLength) ? Math.ceil(contentLength * 0.75) : 0,
+    pool,
   );
+  try {
+    return await parseInto(arena, body);
+  } catch (error) {
+    arena.release();
+    throw error;
+  }
+}
+
+async function parseInto(arena: Arena, body: AsyncIterable<Uint8Array>): Promise<ParsedImagesResponse> {
   const skeleton: number[] = [];
   const images: DecodedImage[] = [];
   let decoder: ImageDecoder | undefined;
@@ -147,5 +220,5 @@ export async function parseImagesResponse(
   }
   if (decoder || inString) throw new Error('the response ended inside a string');
   const parsed = JSON.parse(Buffer.from(skeleton).toString('utf8')) as ParsedImagesResponse['body'];
-  return {body: parsed, images};
+  return {body: parsed, images, release: () => arena.release()};
 }

@@ -3,7 +3,7 @@ import {AppError} from '../errors';
 import {MODELS} from '../domain/models';
 import type {Usage} from '../domain/records';
 import type {ImageProvider, PendingImages, ProviderRequest, ProviderResult} from '../ports';
-import {parseImagesResponse} from './images-response-parser';
+import {BufferPool, parseImagesResponse} from './images-response-parser';
 
 export interface OpenAIProviderOptions {
   apiKey: string | undefined;
@@ -30,6 +30,8 @@ const SAFETY_CODES = new Set(['content_policy_violation', 'moderation_blocked'])
  */
 export class OpenAIImageProvider implements ImageProvider {
   private client: OpenAIClient | undefined;
+  /** Decode buffers, reused from one answer to the next (see BufferPool). */
+  private readonly buffers = new BufferPool();
 
   constructor(private readonly options: OpenAIProviderOptions) {}
 
@@ -100,6 +102,7 @@ export class OpenAIImageProvider implements ImageProvider {
       parsed = await parseImagesResponse(
         response.body,
         Number(response.headers.get('content-length') ?? NaN),
+        this.buffers,
       );
     } catch (error) {
       if (deadline.aborted || signal?.aborted)
@@ -108,6 +111,7 @@ export class OpenAIImageProvider implements ImageProvider {
     }
     const items = parsed.body.data ?? [];
     if (items.length !== expected || parsed.images.length !== expected) {
+      parsed.release();
       throw new AppError(
         'UPSTREAM_ERROR',
         `OpenAI returned ${parsed.images.length} image(s) where ${expected} were asked for`,
@@ -120,6 +124,7 @@ export class OpenAIImageProvider implements ImageProvider {
         revisedPrompt: items[i]?.revised_prompt ?? null,
       })),
       usage: (parsed.body.usage as Usage | undefined) ?? null,
+      release: parsed.release,
     };
   }
 }

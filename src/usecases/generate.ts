@@ -74,9 +74,15 @@ export async function generateImages(
     const started = performance.now();
     const pending = await deps.provider.generate(providerRequest(command, n), callSignal, deps.prepareStores);
     const upstreamMs = performance.now() - started;
-    return (deps.decodeSlots ?? UNBOUNDED).run(async () =>
-      storeCall(await pending.read(), n, firstIndex, upstreamMs),
-    );
+    return (deps.decodeSlots ?? UNBOUNDED).run(async () => {
+      const result = await pending.read();
+      try {
+        return await storeCall(result, n, firstIndex, upstreamMs);
+      } finally {
+        // storeCall settles only after every upload of this call has.
+        result.release();
+      }
+    });
   };
 
   const storeCall = async (
@@ -86,51 +92,48 @@ export async function generateImages(
     upstreamMs: number,
   ): Promise<CallOutcome> => {
     const written: string[] = [];
-    try {
-      await Promise.all(
-        result.images.map(async (generated, offset) => {
-          const index = firstIndex + offset;
-          const info = inspectImage(generated.data, generated.sha256);
-          if (!info)
-            throw new AppError(
-              'UPSTREAM_ERROR',
-              'OpenAI returned data that is not a PNG, JPEG or WebP image',
-            );
-          const id = randomUUID();
-          const path = objectPathFor(jobId, index, id, info.extension);
-          callSignal.throwIfAborted();
-          written.push(path);
-          await deps.images
-            .put(path, generated.data, {
-              contentType: info.contentType,
-              metadata: {sha256: info.sha256, job_id: jobId, image_id: id, model: command.model},
-            })
-            .catch(error => {
-              throw storageError('Could not store a generated image', error);
-            });
-          images[index] = {
-            id,
-            job_id: jobId,
-            index,
-            object_path: path,
-            content_type: info.contentType,
-            bytes: info.bytes,
-            sha256: info.sha256,
-            width: info.width,
-            height: info.height,
-            model: command.model,
-            size: command.size,
-            prompt: command.prompt,
-            revised_prompt: generated.revisedPrompt,
-            created_at: now().toISOString(),
-          };
-        }),
-      );
-    } catch (error) {
-      // Wait for this call's other uploads, then take back what it wrote.
+    const outcomes = await Promise.allSettled(
+      result.images.map(async (generated, offset) => {
+        const index = firstIndex + offset;
+        const info = inspectImage(generated.data, generated.sha256);
+        if (!info)
+          throw new AppError('UPSTREAM_ERROR', 'OpenAI returned data that is not a PNG, JPEG or WebP image');
+        const id = randomUUID();
+        const path = objectPathFor(jobId, index, id, info.extension);
+        callSignal.throwIfAborted();
+        written.push(path);
+        await deps.images
+          .put(path, generated.data, {
+            contentType: info.contentType,
+            metadata: {sha256: info.sha256, job_id: jobId, image_id: id, model: command.model},
+          })
+          .catch(error => {
+            throw storageError('Could not store a generated image', error);
+          });
+        images[index] = {
+          id,
+          job_id: jobId,
+          index,
+          object_path: path,
+          content_type: info.contentType,
+          bytes: info.bytes,
+          sha256: info.sha256,
+          width: info.width,
+          height: info.height,
+          model: command.model,
+          size: command.size,
+          prompt: command.prompt,
+          revised_prompt: generated.revisedPrompt,
+          created_at: now().toISOString(),
+        };
+      }),
+    );
+    const failure = outcomes.find(outcome => outcome.status === 'rejected');
+    if (failure) {
+      // Every upload of this call has settled: nothing lands after this clean-up.
       await removeObjects(deps.images, written);
       for (let i = firstIndex; i < firstIndex + n; i++) images[i] = undefined;
-      throw error;
+      throw failure.reason;
     }
     return {firstIndex, count: n, usage: result.usage, upstreamMs};
   };

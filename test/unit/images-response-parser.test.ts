@@ -1,6 +1,6 @@
 import {createHash, randomBytes} from 'node:crypto';
 import {Readable} from 'node:stream';
-import {parseImagesResponse} from '../../src/adapters/images-response-parser';
+import {BufferPool, parseImagesResponse} from '../../src/adapters/images-response-parser';
 
 function chunked(text: string, size: number): AsyncIterable<Uint8Array> {
   const bytes = Buffer.from(text);
@@ -62,5 +62,58 @@ describe('parseImagesResponse', () => {
     ['not JSON', 'Internal Server Error', /JSON/],
   ])('%s is an error', async (_label, text, message) => {
     await expect(parseImagesResponse(chunked(text, 4))).rejects.toThrow(message);
+  });
+});
+
+describe('parseImagesResponse with a BufferPool', () => {
+  const answer = (images: Buffer[]) =>
+    JSON.stringify({data: images.map(image => ({b64_json: image.toString('base64')}))});
+  const parse = (images: Buffer[], pool: BufferPool) => {
+    const text = answer(images);
+    return parseImagesResponse(chunked(text, 4096), text.length, pool);
+  };
+
+  test('a released answer lends its memory to the next one, which still decodes right', async () => {
+    const pool = new BufferPool();
+    const first = await parse([randomBytes(100_000), randomBytes(50_000)], pool);
+    const firstMemory = first.images[0]!.data.buffer;
+    first.release();
+    first.release(); // a second release changes nothing
+    expect(pool.size).toBe(1);
+
+    const images = [randomBytes(120_000)];
+    const second = await parse(images, pool);
+    expect(second.images[0]!.data.buffer).toBe(firstMemory);
+    expect(second.images[0]!.data.equals(images[0]!)).toBe(true);
+    expect(pool.size).toBe(0);
+  });
+
+  test('memory still in use is never lent', async () => {
+    const pool = new BufferPool();
+    const held = await parse([randomBytes(10_000)], pool);
+    const other = await parse([randomBytes(10_000)], pool);
+    expect(other.images[0]!.data.buffer).not.toBe(held.images[0]!.data.buffer);
+  });
+
+  test('a failed parse gives its memory back', async () => {
+    const pool = new BufferPool();
+    const text = '{"data":[{"b64_json":"AQID';
+    await expect(parseImagesResponse(chunked(text, 4), 1_000_000, pool)).rejects.toThrow(/inside a string/);
+    expect(pool.size).toBe(1);
+  });
+
+  test('the pool keeps at most its limit of buffers and bytes', () => {
+    const pool = new BufferPool(2, 1000);
+    pool.give(Buffer.alloc(400));
+    pool.give(Buffer.alloc(400));
+    pool.give(Buffer.alloc(10));
+    expect(pool.size).toBe(2);
+    const bytes = new BufferPool(8, 1000);
+    bytes.give(Buffer.alloc(600));
+    bytes.give(Buffer.alloc(600));
+    expect(bytes.size).toBe(1);
+    // The smallest buffer that fits is taken; a request nothing fits gets a new one.
+    expect(pool.take(300).length).toBe(400);
+    expect(pool.take(500).length).toBe(500);
   });
 });
