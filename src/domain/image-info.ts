@@ -3,6 +3,14 @@ import {createHash} from 'node:crypto';
 type ImageSize = typeof import('image-size').imageSize;
 let imageSize: ImageSize | undefined;
 
+/**
+ * Loads the header reader (image-size) if it is not loaded yet. Nothing at
+ * cold start needs it; a generation loads it while its upstream call waits.
+ */
+export function loadImageInspector(): ImageSize {
+  return (imageSize ??= (require('image-size') as typeof import('image-size')).imageSize);
+}
+
 const FORMATS: Record<string, {contentType: string; extension: string}> = {
   png: {contentType: 'image/png', extension: 'png'},
   jpg: {contentType: 'image/jpeg', extension: 'jpg'},
@@ -24,8 +32,7 @@ export interface ImageInfo {
  * Returns null for anything that is not a PNG, JPEG or WebP image.
  */
 export function inspectImage(data: Buffer, knownSha256?: string): ImageInfo | null {
-  // Loaded on first use: nothing at cold start needs it.
-  imageSize ??= (require('image-size') as typeof import('image-size')).imageSize;
+  const imageSize = loadImageInspector();
   let header: ReturnType<ImageSize>;
   try {
     header = imageSize(data);

@@ -2,7 +2,7 @@ import {randomUUID} from 'node:crypto';
 import {AppError, isAppError} from '../errors';
 import type {GenerateCommand} from '../domain/generate-request';
 import {MODELS, splitIntoCalls} from '../domain/models';
-import {inspectImage} from '../domain/image-info';
+import {inspectImage, loadImageInspector} from '../domain/image-info';
 import type {ImageRecord, JobFailure, JobRecord, Usage} from '../domain/records';
 import type {ImageProvider, ImageStore, MetadataStore, ProviderRequest, ProviderResult} from '../ports';
 import {Limiter} from './limiter';
@@ -70,9 +70,15 @@ export async function generateImages(
   const callSignal = options.signal ? AbortSignal.any([options.signal, abort.signal]) : abort.signal;
   const images = Array.from<ImageRecord | undefined>({length: command.count});
 
+  // What handling the answer needs, loaded while the request is out (a no-op once loaded).
+  const whileWaiting = () => {
+    loadImageInspector();
+    deps.prepareStores?.();
+  };
+
   const runCall = async (n: number, firstIndex: number): Promise<CallOutcome> => {
     const started = performance.now();
-    const pending = await deps.provider.generate(providerRequest(command, n), callSignal, deps.prepareStores);
+    const pending = await deps.provider.generate(providerRequest(command, n), callSignal, whileWaiting);
     const upstreamMs = performance.now() - started;
     return (deps.decodeSlots ?? UNBOUNDED).run(async () => {
       const result = await pending.read();
