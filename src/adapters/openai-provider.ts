@@ -143,7 +143,13 @@ function onceSent(origin: string, callback: () => void): () => void {
     if (done) return;
     done = true;
     unsubscribe(BODY_SENT, listener);
-    setImmediate(callback);
+    setImmediate(() => {
+      try {
+        callback();
+      } catch {
+        // It only gets work ready early; whatever failed fails again where it is needed.
+      }
+    });
   };
   const listener = (message: unknown) => {
     const request = (message as {request?: {origin?: unknown; path?: unknown}}).request;

@@ -29,6 +29,18 @@ describe('OpenAIImageProvider onRequestSent', () => {
     expect(result.images).toHaveLength(1);
   });
 
+  test('a callback that throws changes nothing for the call', async () => {
+    let calls = 0;
+    const pending = await providerFor(fake.url).generate(request, undefined, () => {
+      calls++;
+      throw new Error('not ready');
+    });
+    // An exception escaping the callback would be uncaught and fail this test run.
+    await new Promise(resolve => setImmediate(resolve));
+    expect(calls).toBe(1);
+    expect((await pending.read()).images).toHaveLength(1);
+  });
+
   test('still runs once when the request never leaves', async () => {
     let calls = 0;
     const error = await providerFor('http://127.0.0.1:9/v1')
