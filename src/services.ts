@@ -14,6 +14,8 @@ export interface Services {
   readonly images: ImageStore;
   readonly metadata: MetadataStore;
   decodeSlots: Limiter;
+  /** What the stores are, known without building them. */
+  storeKinds: {storage: string; metadata: string};
   /**
    * Builds the stores now if they are not built yet, and makes one cheap call
    * to each (what /ready does). A generation calls it once its upstream
@@ -36,6 +38,10 @@ export function createServices(config: Config): Services {
   return {
     provider: new OpenAIImageProvider(config.openai),
     decodeSlots: new Limiter(config.maxConcurrentDecodes),
+    storeKinds:
+      config.storage.kind === 'local'
+        ? {storage: LocalImageStore.kind, metadata: LocalMetadataStore.kind}
+        : {storage: GcsImageStore.kind, metadata: FirestoreMetadataStore.kind},
     get images() {
       return getStores().images;
     },

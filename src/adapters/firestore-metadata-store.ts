@@ -31,7 +31,8 @@ interface IdempotencyDoc {
  * touch both go in one batch or transaction.
  */
 export class FirestoreMetadataStore implements MetadataStore {
-  readonly kind = 'firestore';
+  static readonly kind = 'firestore';
+  readonly kind = FirestoreMetadataStore.kind;
 
   constructor(
     private readonly db: Firestore,

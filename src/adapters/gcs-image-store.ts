@@ -29,7 +29,8 @@ export interface GcsImageStoreOptions {
 
 /** Image bytes in a Cloud Storage bucket. */
 export class GcsImageStore implements ImageStore {
-  readonly kind = 'gcs';
+  static readonly kind = 'gcs';
+  readonly kind = GcsImageStore.kind;
 
   constructor(
     private readonly bucket: Bucket,

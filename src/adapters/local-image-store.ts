@@ -22,7 +22,8 @@ interface Sidecar {
  * type and metadata in `<dataDir>/object-meta/<path>.json`.
  */
 export class LocalImageStore implements ImageStore {
-  readonly kind = 'local';
+  static readonly kind = 'local';
+  readonly kind = LocalImageStore.kind;
   private readonly objectsRoot: string;
   private readonly metaRoot: string;
 

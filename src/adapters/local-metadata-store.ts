@@ -33,7 +33,8 @@ interface IdempotencyFile {
  * job, so one atomic rename commits a job with all its images.
  */
 export class LocalMetadataStore implements MetadataStore {
-  readonly kind = 'local';
+  static readonly kind = 'local';
+  readonly kind = LocalMetadataStore.kind;
   private readonly root: string;
   private readonly jobLocks = new KeyedMutex();
   private readonly keyLocks = new KeyedMutex();

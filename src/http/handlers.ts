@@ -84,10 +84,18 @@ export const generate: RouteHandler = async ctx => {
   sendJson(ctx.res, 200, await jobView(job, ctx.links));
 };
 
-const STORE_KINDS = {
-  local: {storage: 'local', metadata: 'local'},
-  gcp: {storage: 'gcs', metadata: 'firestore'},
-};
+/** The body both probes answer with; readiness adds whether each store answered. */
+function probeBody(ctx: RequestContext, status: string, ok?: {storage: boolean; metadata: boolean}) {
+  const kinds = ctx.services.storeKinds;
+  return {
+    status,
+    api_key_configured: ctx.services.provider.configured,
+    timestamp: new Date().toISOString(),
+    storage: ok ? {kind: kinds.storage, ok: ok.storage} : {kind: kinds.storage},
+    metadata: ok ? {kind: kinds.metadata, ok: ok.metadata} : {kind: kinds.metadata},
+    default_model: ctx.config.defaultModel,
+  };
+}
 
 /**
  * Liveness: the instance runs and its configuration is valid. It touches no
@@ -95,15 +103,7 @@ const STORE_KINDS = {
  * get healthy instances replaced.
  */
 export const health: RouteHandler = async ctx => {
-  const kinds = STORE_KINDS[ctx.config.storage.kind];
-  sendJson(ctx.res, 200, {
-    status: 'healthy',
-    api_key_configured: ctx.services.provider.configured,
-    timestamp: new Date().toISOString(),
-    storage: {kind: kinds.storage},
-    metadata: {kind: kinds.metadata},
-    default_model: ctx.config.defaultModel,
-  });
+  sendJson(ctx.res, 200, probeBody(ctx, 'healthy'));
 };
 
 /** Readiness: both stores answer (a listing of an empty prefix, a metadata read). 503 says which does not. */
@@ -118,19 +118,12 @@ export const ready: RouteHandler = async ctx => {
       return false;
     }
   };
-  const [storageOk, metadataOk] = await Promise.all([
+  const [storage, metadata] = await Promise.all([
     check(() => services.images.list('health-check/')),
     check(() => services.metadata.ping()),
   ]);
-  const ok = storageOk && metadataOk;
-  sendJson(ctx.res, ok ? 200 : 503, {
-    status: ok ? 'ready' : 'unavailable',
-    api_key_configured: services.provider.configured,
-    timestamp: new Date().toISOString(),
-    storage: {kind: services.images.kind, ok: storageOk},
-    metadata: {kind: services.metadata.kind, ok: metadataOk},
-    default_model: ctx.config.defaultModel,
-  });
+  const ok = storage && metadata;
+  sendJson(ctx.res, ok ? 200 : 503, probeBody(ctx, ok ? 'ready' : 'unavailable', {storage, metadata}));
 };
 
 function matchesEtag(header: string | undefined, etag: string): boolean {

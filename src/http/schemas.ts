@@ -105,16 +105,12 @@ export const HealthSchema = z
   })
   .meta({id: 'Health'});
 
-export const ReadinessSchema = z
-  .object({
-    status: z.enum(['ready', 'unavailable']),
-    api_key_configured: z.boolean(),
-    timestamp: z.string(),
-    storage: z.object({kind: z.enum(['local', 'gcs']), ok: z.boolean()}),
-    metadata: z.object({kind: z.enum(['local', 'firestore']), ok: z.boolean()}),
-    default_model: z.enum(MODEL_IDS),
-  })
-  .meta({id: 'Readiness'});
+/** The liveness body, with whether each store answered. */
+export const ReadinessSchema = HealthSchema.extend({
+  status: z.enum(['ready', 'unavailable']),
+  storage: HealthSchema.shape.storage.extend({ok: z.boolean()}),
+  metadata: HealthSchema.shape.metadata.extend({ok: z.boolean()}),
+}).meta({id: 'Readiness'});
 
 export const ErrorBodySchema = z
   .object({
