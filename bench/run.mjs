@@ -641,15 +641,19 @@ async function measureMemory(mode) {
 // ---------------------------------------------------------------------------
 // 5. Cold start
 
-async function coldStart(variant, path = '/health') {
-  const port = await freePort();
+/** A fresh process of `variant`: imagegen-local, imagegen-gcs, or the empty function. */
+async function spawnColdVariant(variant) {
   const isEmpty = variant.startsWith('empty');
-  const fn = spawnFunction({
+  return spawnFunction({
     source: isEmpty ? join(root, 'bench/empty-function.js') : join(root, 'dist/index.js'),
     target: isEmpty ? 'empty' : 'imageGen',
     env: functionEnv(variant.endsWith('gcs') ? 'gcs' : 'local'),
-    port,
+    port: await freePort(),
   });
+}
+
+async function coldStart(variant, path = '/health') {
+  const fn = await spawnColdVariant(variant);
   try {
     const health = await pollUntil(() => request(`${fn.url}${path}`, {useAgent: false}), {
       everyMs: 2,
@@ -663,14 +667,7 @@ async function coldStart(variant, path = '/health') {
 }
 
 async function coldGeneration(variant) {
-  const port = await freePort();
-  const isEmpty = variant.startsWith('empty');
-  const fn = spawnFunction({
-    source: isEmpty ? join(root, 'bench/empty-function.js') : join(root, 'dist/index.js'),
-    target: isEmpty ? 'empty' : 'imageGen',
-    env: functionEnv(variant.endsWith('gcs') ? 'gcs' : 'local'),
-    port,
-  });
+  const fn = await spawnColdVariant(variant);
   try {
     const deadline = performance.now() + 60_000;
     for (;;) {
