@@ -488,7 +488,7 @@ async function floorGcs(size, b64, bucket) {
   for (let i = -3; i < config.samples; i++) {
     const started = performance.now();
     const {data, sha256} = hashAndDecode(b64);
-    // The same request the function's GcsImageStore.put makes.
+    // The same request the function's GcsObjectStore.put makes.
     await bucket.file(`floor/${size}/${randomUUID()}.png`).save(data, {
       resumable: false,
       contentType: 'image/png',

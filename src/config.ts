@@ -1,5 +1,6 @@
 import {z} from 'zod';
-import {MODEL_IDS, type ModelId} from './domain/models';
+import type {OpenAIProviderOptions} from './adapters/openai/provider';
+import {MODEL_IDS, type ModelId} from './core/models';
 
 /**
  * The one place that reads the environment. Everything else receives a
@@ -120,14 +121,8 @@ export interface ApiKey {
 }
 
 export interface Config {
-  openai: {
-    apiKey: string | undefined;
-    organization: string | undefined;
-    project: string | undefined;
-    baseURL: string | undefined;
-    timeoutMs: number;
-    maxRetries: number;
-  };
+  /** How to reach OpenAI: what the provider is built with, less what the composition root wires in. */
+  openai: Omit<OpenAIProviderOptions, 'whileWaiting'>;
   defaultModel: ModelId;
   idempotency: {ttlMs: number; leaseMs: number};
   storage:
@@ -147,7 +142,6 @@ export interface Config {
   publicBaseUrl: string | undefined;
   maxBodyBytes: number;
   metadataTimeoutMs: number;
-  maxConcurrentDecodes: number;
   /** Empty: no key check. */
   apiKeys: ApiKey[];
   functionTarget: string | undefined;
@@ -184,6 +178,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       baseURL: e.OPENAI_BASE_URL,
       timeoutMs: e.UPSTREAM_TIMEOUT_SECONDS * 1000,
       maxRetries: e.UPSTREAM_MAX_RETRIES,
+      maxConcurrentDecodes: e.MAX_CONCURRENT_DECODES,
     },
     defaultModel: e.DEFAULT_MODEL,
     idempotency: {
@@ -204,7 +199,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     publicBaseUrl: e.PUBLIC_BASE_URL?.replace(/\/+$/, ''),
     maxBodyBytes: e.MAX_BODY_BYTES,
     metadataTimeoutMs: e.FIRESTORE_TIMEOUT_SECONDS * 1000,
-    maxConcurrentDecodes: e.MAX_CONCURRENT_DECODES,
     apiKeys: e.API_KEYS,
     functionTarget: e.FUNCTION_TARGET,
     log: {level: e.LOG_LEVEL, prompts: e.LOG_PROMPTS},

@@ -2,13 +2,13 @@ import './compile-cache';
 import * as functions from '@google-cloud/functions-framework';
 import type {Request, Response} from '@google-cloud/functions-framework';
 import type {DestinationStream} from 'pino';
+import {createApp} from './api/app';
+import {installFrameworkErrorHandler} from './api/framework-errors';
+import {sendError} from './api/responses';
 import {ConfigError, loadConfig} from './config';
-import {AppError} from './errors';
-import {createApp} from './http/app';
-import {sendError} from './http/error-response';
-import {installFrameworkErrorHandler} from './http/framework-errors';
+import {createServices} from './container';
+import {AppError} from './core/errors';
 import {createLogger} from './logger';
-import {createServices, type Services} from './services';
 
 installFrameworkErrorHandler();
 
@@ -16,9 +16,9 @@ export type Handler = (req: Request, res: Response) => Promise<void>;
 
 /**
  * Builds a handler from an environment: configuration is read and checked
- * once, adapters are chosen, clients are created on first use and then reused
- * by every request. A configuration error answers every request with a clear
- * SERVICE_ERROR instead of crashing the instance.
+ * once, and the composition root builds everything else. A configuration
+ * error answers every request with a clear SERVICE_ERROR instead of crashing
+ * the instance.
  */
 export function createImageGenHandler(
   env: NodeJS.ProcessEnv = process.env,
@@ -32,12 +32,7 @@ export function createImageGenHandler(
     createLogger('info', options.logDestination).error({err: error}, message);
     return async (_req, res) => sendError(res, new AppError('SERVICE_ERROR', message));
   }
-  let services: Services | undefined;
-  return createApp({
-    config,
-    logger: createLogger(config.log.level, options.logDestination),
-    services: () => (services ??= createServices(config)),
-  });
+  return createApp(createServices(config, options));
 }
 
 let handler: Handler | undefined;

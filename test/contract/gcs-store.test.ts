@@ -1,6 +1,6 @@
-import {GcsImageStore} from '../../src/adapters/gcs-image-store';
+import {GcsObjectStore} from '../../src/adapters/gcs/object-store';
 import {startGcsTestServer, storageClientFor, type GcsTestServer} from '../support/gcs-server';
-import {imageStoreContract} from './store-contract';
+import {objectStoreContract} from './store-contract';
 
 describe('Cloud Storage (GCS JSON-API test server)', () => {
   let server: GcsTestServer;
@@ -9,13 +9,13 @@ describe('Cloud Storage (GCS JSON-API test server)', () => {
   });
   afterAll(() => server.close());
 
-  imageStoreContract(
+  objectStoreContract(
     'Cloud Storage',
-    () => new GcsImageStore(storageClientFor(server).bucket('contract-bucket')),
+    () => new GcsObjectStore(storageClientFor(server).bucket('contract-bucket')),
   );
 
   test('objects carry an immutable Cache-Control', async () => {
-    const store = new GcsImageStore(storageClientFor(server).bucket('contract-bucket'));
+    const store = new GcsObjectStore(storageClientFor(server).bucket('contract-bucket'));
     await store.put('images/cache/000-a.png', Buffer.from('x'), {contentType: 'image/png', metadata: {}});
     expect(server.getObject('contract-bucket', 'images/cache/000-a.png')?.cacheControl).toBe(
       'public, max-age=31536000, immutable',
@@ -30,9 +30,9 @@ describe('Cloud Storage reads under faults', () => {
   });
   afterAll(() => server.close());
 
-  function store(): GcsImageStore {
+  function store(): GcsObjectStore {
     const bucket = storageClientFor(server).bucket('read-faults');
-    return new GcsImageStore(bucket, {readBucket: bucket});
+    return new GcsObjectStore(bucket, {readBucket: bucket});
   }
 
   test('a transient download failure is retried before any byte is served', async () => {

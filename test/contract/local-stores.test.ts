@@ -1,16 +1,16 @@
-import {LocalImageStore} from '../../src/adapters/local-image-store';
-import {LocalMetadataStore} from '../../src/adapters/local-metadata-store';
+import {LocalMetadataStore} from '../../src/adapters/local/metadata-store';
+import {LocalObjectStore} from '../../src/adapters/local/object-store';
 import {useTempDir} from '../support/temp-dir';
-import {imageStoreContract, metadataStoreContract} from './store-contract';
+import {metadataStoreContract, objectStoreContract} from './store-contract';
 
 const dataDir = useTempDir();
 
-imageStoreContract('local disk', () => new LocalImageStore(dataDir()));
+objectStoreContract('local disk', () => new LocalObjectStore(dataDir()));
 metadataStoreContract('local disk', () => new LocalMetadataStore(dataDir()));
 
-describe('LocalImageStore paths', () => {
+describe('LocalObjectStore paths', () => {
   test.each(['../escape.png', '/etc/passwd', 'images/../../x.png', ''])('refuses %j', async path => {
-    const store = new LocalImageStore(dataDir());
+    const store = new LocalObjectStore(dataDir());
     await expect(store.put(path, Buffer.from('x'), {contentType: 'image/png', metadata: {}})).rejects.toThrow(
       /store path/i,
     );

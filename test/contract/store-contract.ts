@@ -1,10 +1,10 @@
 import {randomUUID} from 'node:crypto';
 import {text} from 'node:stream/consumers';
-import type {ImageStore, MetadataStore} from '../../src/ports';
-import type {JobRecord} from '../../src/domain/records';
+import type {IdempotencyRecord, MetadataStore, ObjectStore} from '../../src/core/ports';
+import type {JobRecord} from '../../src/core/records';
 import {makeJob} from '../support/records';
 
-async function readAll(store: ImageStore, path: string): Promise<Buffer | null> {
+async function readAll(store: ObjectStore, path: string): Promise<Buffer | null> {
   const stream = await store.read(path);
   if (!stream) return null;
   const chunks: Buffer[] = [];
@@ -12,26 +12,21 @@ async function readAll(store: ImageStore, path: string): Promise<Buffer | null> 
   return Buffer.concat(chunks);
 }
 
-/** Behaviour every ImageStore must have; the local and the Cloud Storage store both run it. */
-export function imageStoreContract(name: string, create: () => Promise<ImageStore> | ImageStore): void {
-  describe(`ImageStore contract: ${name}`, () => {
-    let store: ImageStore;
+/** Behaviour every ObjectStore must have; the local and the Cloud Storage store both run it. */
+export function objectStoreContract(name: string, create: () => Promise<ObjectStore> | ObjectStore): void {
+  describe(`ObjectStore contract: ${name}`, () => {
+    let store: ObjectStore;
     let prefix: string;
     beforeEach(async () => {
       store = await create();
       prefix = `images/${randomUUID()}/`;
     });
 
-    test('put then stat and read return the same bytes, type and metadata', async () => {
+    test('put then read returns the same bytes', async () => {
       const data = Buffer.from(Array.from({length: 4096}, (_, i) => i % 251));
       await store.put(`${prefix}000-a.png`, data, {
         contentType: 'image/png',
         metadata: {sha256: 'abc', job_id: 'j'},
-      });
-      expect(await store.stat(`${prefix}000-a.png`)).toEqual({
-        size: 4096,
-        contentType: 'image/png',
-        metadata: expect.objectContaining({sha256: 'abc', job_id: 'j'}),
       });
       expect((await readAll(store, `${prefix}000-a.png`))?.equals(data)).toBe(true);
     });
@@ -45,14 +40,13 @@ export function imageStoreContract(name: string, create: () => Promise<ImageStor
     });
 
     test('missing objects are null, not errors', async () => {
-      expect(await store.stat(`${prefix}missing.png`)).toBeNull();
       expect(await store.read(`${prefix}missing.png`)).toBeNull();
     });
 
     test('delete reports whether there was something to delete', async () => {
       await store.put(`${prefix}d.png`, Buffer.from('d'), {contentType: 'image/png', metadata: {}});
       expect(await store.delete(`${prefix}d.png`)).toBe(true);
-      expect(await store.stat(`${prefix}d.png`)).toBeNull();
+      expect(await store.read(`${prefix}d.png`)).toBeNull();
       expect(await store.delete(`${prefix}d.png`)).toBe(false);
     });
 
@@ -195,28 +189,31 @@ export function metadataStoreContract(
         keyHash: string,
         now: Date,
         overrides: Partial<{fingerprint: string; jobId: string; leaseMs: number}> = {},
-      ) => ({
+      ): [string, IdempotencyRecord] => [
         keyHash,
-        fingerprint: overrides.fingerprint ?? 'f1',
-        jobId: overrides.jobId ?? randomUUID(),
-        leaseUntil: new Date(now.getTime() + (overrides.leaseMs ?? minute)),
-        expiresAt: new Date(now.getTime() + 60 * minute),
-      });
+        {
+          fingerprint: overrides.fingerprint ?? 'f1',
+          jobId: overrides.jobId ?? randomUUID(),
+          leaseUntil: new Date(now.getTime() + (overrides.leaseMs ?? minute)),
+          expiresAt: new Date(now.getTime() + 60 * minute),
+          completed: false,
+        },
+      ];
 
       test('the first claim wins; a duplicate sees it in progress; another fingerprint is a mismatch', async () => {
         const key = randomUUID();
         const now = new Date();
         const first = claim(key, now);
-        expect(await store.claimIdempotencyKey(first, now)).toEqual({
+        expect(await store.claimIdempotencyKey(...first, now)).toEqual({
           outcome: 'claimed',
-          jobId: first.jobId,
+          jobId: first[1].jobId,
           recovered: false,
         });
-        expect(await store.claimIdempotencyKey(claim(key, now), now)).toEqual({
+        expect(await store.claimIdempotencyKey(...claim(key, now), now)).toEqual({
           outcome: 'in_progress',
-          leaseUntil: first.leaseUntil,
+          leaseUntil: first[1].leaseUntil,
         });
-        expect(await store.claimIdempotencyKey(claim(key, now, {fingerprint: 'f2'}), now)).toEqual({
+        expect(await store.claimIdempotencyKey(...claim(key, now, {fingerprint: 'f2'}), now)).toEqual({
           outcome: 'mismatch',
         });
       });
@@ -225,7 +222,7 @@ export function metadataStoreContract(
         const key = randomUUID();
         const now = new Date();
         const results = await Promise.all(
-          Array.from({length: 8}, () => store.claimIdempotencyKey(claim(key, now), now)),
+          Array.from({length: 8}, () => store.claimIdempotencyKey(...claim(key, now), now)),
         );
         expect(results.filter(r => r.outcome === 'claimed')).toHaveLength(1);
         expect(results.filter(r => r.outcome === 'in_progress')).toHaveLength(7);
@@ -235,12 +232,12 @@ export function metadataStoreContract(
         const key = randomUUID();
         const now = new Date();
         const first = claim(key, now);
-        await store.claimIdempotencyKey(first, now);
-        await store.saveJob(makeJob({id: first.jobId}, 1));
+        await store.claimIdempotencyKey(...first, now);
+        await store.saveJob(makeJob({id: first[1].jobId}, 1));
         const later = new Date(now.getTime() + 2 * minute);
-        expect(await store.claimIdempotencyKey(claim(key, later), later)).toEqual({
+        expect(await store.claimIdempotencyKey(...claim(key, later), later)).toEqual({
           outcome: 'completed',
-          jobId: first.jobId,
+          jobId: first[1].jobId,
         });
       });
 
@@ -248,13 +245,13 @@ export function metadataStoreContract(
         const key = randomUUID();
         const now = new Date();
         const first = claim(key, now);
-        await store.claimIdempotencyKey(first, now);
-        await store.saveJob(makeJob({id: first.jobId}, 1));
-        await store.completeIdempotencyKey(key, first.jobId);
-        await store.deleteJob(first.jobId);
-        expect(await store.claimIdempotencyKey(claim(key, now), now)).toEqual({
+        await store.claimIdempotencyKey(...first, now);
+        await store.saveJob(makeJob({id: first[1].jobId}, 1));
+        await store.completeIdempotencyKey(key, first[1].jobId);
+        await store.deleteJob(first[1].jobId);
+        expect(await store.claimIdempotencyKey(...claim(key, now), now)).toEqual({
           outcome: 'completed',
-          jobId: first.jobId,
+          jobId: first[1].jobId,
         });
       });
 
@@ -262,14 +259,14 @@ export function metadataStoreContract(
         const key = randomUUID();
         const now = new Date();
         const first = claim(key, now, {leaseMs: 1000});
-        await store.claimIdempotencyKey(first, now);
+        await store.claimIdempotencyKey(...first, now);
         const later = new Date(now.getTime() + 5000);
-        expect(await store.claimIdempotencyKey(claim(key, later), later)).toEqual({
+        expect(await store.claimIdempotencyKey(...claim(key, later), later)).toEqual({
           outcome: 'claimed',
-          jobId: first.jobId,
+          jobId: first[1].jobId,
           recovered: true,
         });
-        expect(await store.claimIdempotencyKey(claim(key, later), later)).toMatchObject({
+        expect(await store.claimIdempotencyKey(...claim(key, later), later)).toMatchObject({
           outcome: 'in_progress',
         });
       });
@@ -278,19 +275,19 @@ export function metadataStoreContract(
         const key = randomUUID();
         const now = new Date();
         const first = claim(key, now);
-        await store.claimIdempotencyKey(first, now);
-        await store.releaseIdempotencyKey(key, first.jobId);
+        await store.claimIdempotencyKey(...first, now);
+        await store.releaseIdempotencyKey(key, first[1].jobId);
         const second = claim(key, now, {fingerprint: 'other'});
-        expect(await store.claimIdempotencyKey(second, now)).toEqual({
+        expect(await store.claimIdempotencyKey(...second, now)).toEqual({
           outcome: 'claimed',
-          jobId: second.jobId,
+          jobId: second[1].jobId,
           recovered: false,
         });
         const muchLater = new Date(now.getTime() + 120 * minute);
         const third = claim(key, muchLater, {fingerprint: 'third'});
-        expect(await store.claimIdempotencyKey(third, muchLater)).toEqual({
+        expect(await store.claimIdempotencyKey(...third, muchLater)).toEqual({
           outcome: 'claimed',
-          jobId: third.jobId,
+          jobId: third[1].jobId,
           recovered: false,
         });
       });

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
-import {ERROR_CODES} from '../../src/errors';
-import {MODEL_IDS, MODELS} from '../../src/domain/models';
+import {ERROR_CODES} from '../../src/core/errors';
+import {MODEL_IDS, MODELS} from '../../src/core/models';
 import {useFunctionWithFakeOpenAI} from '../support/function-server';
 import {useTempDir} from '../support/temp-dir';
 

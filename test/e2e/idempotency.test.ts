@@ -1,7 +1,7 @@
 import {createHash, randomUUID} from 'node:crypto';
 import {readFileSync} from 'node:fs';
-import {LocalImageStore} from '../../src/adapters/local-image-store';
-import {LocalMetadataStore} from '../../src/adapters/local-metadata-store';
+import {LocalMetadataStore} from '../../src/adapters/local/metadata-store';
+import {LocalObjectStore} from '../../src/adapters/local/object-store';
 import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
 import {postJson, startFunction, type RunningFunction} from '../support/function-server';
 import {useTempDir} from '../support/temp-dir';
@@ -129,7 +129,7 @@ describe('idempotent generation', () => {
     const keyHash = createHash('sha256').update(key).digest('hex');
     const jobId = randomUUID();
     const store = new LocalMetadataStore(dataDir());
-    const images = new LocalImageStore(dataDir());
+    const images = new LocalObjectStore(dataDir());
     // What a crashed run leaves: a claim whose lease ran out, and one stored image.
     const past = new Date(Date.now() - 3600_000);
     const fingerprintProbe = await postJson(`${fn.url}/generate`, body('probe'), {
@@ -142,12 +142,13 @@ describe('idempotent generation', () => {
       fingerprint: string;
     };
     await store.claimIdempotencyKey(
+      keyHash,
       {
-        keyHash,
         fingerprint: probe.fingerprint,
         jobId,
         leaseUntil: past,
         expiresAt: new Date(Date.now() + 3600_000),
+        completed: false,
       },
       new Date(past.getTime() - 1000),
     );

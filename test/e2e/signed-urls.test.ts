@@ -2,7 +2,7 @@ import {createHash, generateKeyPairSync, randomUUID} from 'node:crypto';
 import {mkdtempSync, rmSync, writeFileSync} from 'node:fs';
 import {tmpdir} from 'node:os';
 import {join} from 'node:path';
-import {GcsImageStore} from '../../src/adapters/gcs-image-store';
+import {GcsObjectStore} from '../../src/adapters/gcs/object-store';
 import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
 import {startGcsTestServer, type GcsTestServer} from '../support/gcs-server';
 import {keylessStorageFor, startIamSigner} from '../support/iam-signer';
@@ -112,7 +112,7 @@ describeWithFirestore('signed URLs', () => {
     try {
       gcs.trustSigner(signer.email, signer.publicKeyPem);
       const storage = keylessStorageFor(gcs, signer);
-      const store = new GcsImageStore(storage.bucket(BUCKET), {signingEndpoint: signer.url});
+      const store = new GcsObjectStore(storage.bucket(BUCKET), {signingEndpoint: signer.url});
       await store.put('images/keyless/000-a.png', Buffer.from('keyless bytes'), {
         contentType: 'image/png',
         metadata: {},

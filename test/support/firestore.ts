@@ -1,6 +1,6 @@
 import {randomUUID} from 'node:crypto';
 import {FieldPath, Firestore} from '@google-cloud/firestore';
-import {FirestoreMetadataStore} from '../../src/adapters/firestore-metadata-store';
+import {FirestoreMetadataStore} from '../../src/adapters/firestore/metadata-store';
 
 /** Firestore suites need the emulator; test/run.mjs starts one and sets this. */
 export const firestoreEmulatorHost = process.env.FIRESTORE_EMULATOR_HOST;

@@ -1,7 +1,7 @@
 import {verify as cryptoVerify} from 'node:crypto';
 import type {Storage} from '@google-cloud/storage';
 import {OAuth2Client} from 'google-auth-library';
-import {GcsImageStore} from '../../src/adapters/gcs-image-store';
+import {GcsObjectStore} from '../../src/adapters/gcs/object-store';
 import {startGcsTestServer, type GcsTestServer} from './gcs-server';
 import {keylessStorageFor, startIamSigner, type IamSigner} from './iam-signer';
 
@@ -122,8 +122,8 @@ describe('V4 signed URLs without a key (IAM signBlob, as on Cloud Run)', () => {
     expect(Buffer.from(await response.arrayBuffer()).equals(data)).toBe(true);
   });
 
-  test('GcsImageStore.signedReadUrl with signingEndpoint (the production adapter) mints a working URL', async () => {
-    const store = new GcsImageStore(storage.bucket(BUCKET), {signingEndpoint: signer.url});
+  test('GcsObjectStore.signedReadUrl with signingEndpoint (the production adapter) mints a working URL', async () => {
+    const store = new GcsObjectStore(storage.bucket(BUCKET), {signingEndpoint: signer.url});
     await store.put('jobs/k/1.webp', Buffer.from('webp'), {contentType: 'image/webp', metadata: {}});
     const before = signer.calls;
     const {url} = await store.signedReadUrl('jobs/k/1.webp', 300);

@@ -1,6 +1,7 @@
 import Ajv2020 from 'ajv/dist/2020';
 import addFormats from 'ajv-formats';
-import {openApiDocument} from '../../src/http/openapi';
+import {openApiDocument} from '../../src/api/openapi';
+import {ROUTES} from '../../src/api/routes';
 
 interface Operation {
   responses: Record<string, {content?: Record<string, {schema?: object}>}>;
@@ -12,7 +13,7 @@ interface Operation {
  */
 export class OpenApiValidator {
   private readonly ajv = new Ajv2020({strict: false, allErrors: true});
-  private readonly doc = openApiDocument() as {paths: Record<string, Record<string, Operation>>};
+  private readonly doc = openApiDocument(ROUTES) as {paths: Record<string, Record<string, Operation>>};
   readonly checked: string[] = [];
 
   constructor() {

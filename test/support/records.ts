@@ -1,5 +1,5 @@
 import {randomUUID} from 'node:crypto';
-import type {ImageRecord, JobRecord} from '../../src/domain/records';
+import type {ImageRecord, JobRecord} from '../../src/core/records';
 
 /** A job record as the generate use case would write it, for store tests. */
 export function makeJob(overrides: Partial<JobRecord> = {}, imageCount = 2): JobRecord {

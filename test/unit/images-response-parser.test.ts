@@ -1,6 +1,6 @@
 import {createHash, randomBytes} from 'node:crypto';
 import {Readable} from 'node:stream';
-import {BufferPool, parseImagesResponse} from '../../src/adapters/images-response-parser';
+import {BufferPool, parseImagesResponse} from '../../src/adapters/openai/response-parser';
 
 function chunked(text: string, size: number): AsyncIterable<Uint8Array> {
   const bytes = Buffer.from(text);

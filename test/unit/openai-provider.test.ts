@@ -1,14 +1,14 @@
-import {OpenAIImageProvider} from '../../src/adapters/openai-provider';
+import {OpenAIImageProvider} from '../../src/adapters/openai/provider';
 import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
 
-describe('OpenAIImageProvider onRequestSent', () => {
+describe('OpenAIImageProvider whileWaiting', () => {
   let fake: FakeOpenAI;
   beforeAll(async () => {
     fake = await startFakeOpenAI({latencyMs: 300});
   });
   afterAll(() => fake.close());
 
-  const providerFor = (baseURL: string) =>
+  const providerFor = (baseURL: string, whileWaiting: () => void) =>
     new OpenAIImageProvider({
       apiKey: 'sk-test-key',
       organization: undefined,
@@ -16,35 +16,39 @@ describe('OpenAIImageProvider onRequestSent', () => {
       baseURL,
       timeoutMs: 10_000,
       maxRetries: 0,
+      maxConcurrentDecodes: 4,
+      whileWaiting,
     });
-  const request = {model: 'dall-e-2', prompt: 'a lighthouse', n: 1, size: '256x256'} as const;
+  const request = {model: 'dall-e-2', prompt: 'a lighthouse', n: 1, parameters: {size: '256x256'}} as const;
 
   test('runs once, while the call still waits for its answer', async () => {
     const events: string[] = [];
     // Were it only called when the answer arrives, 'answered' would come first.
-    const pending = await providerFor(fake.url).generate(request, undefined, () => events.push('sent'));
-    events.push('answered');
-    const result = await pending.read();
+    const count = await providerFor(fake.url, () => events.push('sent')).generate(request, async result => {
+      events.push('answered');
+      return result.images.length;
+    });
     expect(events).toEqual(['sent', 'answered']);
-    expect(result.images).toHaveLength(1);
+    expect(count).toBe(1);
   });
 
   test('a callback that throws changes nothing for the call', async () => {
     let calls = 0;
-    const pending = await providerFor(fake.url).generate(request, undefined, () => {
+    const provider = providerFor(fake.url, () => {
       calls++;
       throw new Error('not ready');
     });
     // An exception escaping the callback would be uncaught and fail this test run.
+    const count = await provider.generate(request, async result => result.images.length);
     await new Promise(resolve => setImmediate(resolve));
     expect(calls).toBe(1);
-    expect((await pending.read()).images).toHaveLength(1);
+    expect(count).toBe(1);
   });
 
   test('still runs once when the request never leaves', async () => {
     let calls = 0;
-    const error = await providerFor('http://127.0.0.1:9/v1')
-      .generate(request, undefined, () => calls++)
+    const error = await providerFor('http://127.0.0.1:9/v1', () => calls++)
+      .generate(request, async () => undefined)
       .then(
         () => undefined,
         (e: unknown) => e,
@@ -52,5 +56,29 @@ describe('OpenAIImageProvider onRequestSent', () => {
     await new Promise(resolve => setImmediate(resolve));
     expect(error).toMatchObject({code: 'UPSTREAM_ERROR'});
     expect(calls).toBe(1);
+  });
+
+  test('reads at most maxConcurrentDecodes answers at once, while any number wait upstream', async () => {
+    const provider = new OpenAIImageProvider({
+      apiKey: 'sk-test-key',
+      organization: undefined,
+      project: undefined,
+      baseURL: fake.url,
+      timeoutMs: 10_000,
+      maxRetries: 0,
+      maxConcurrentDecodes: 2,
+    });
+    let reading = 0;
+    let most = 0;
+    await Promise.all(
+      Array.from({length: 6}, () =>
+        provider.generate(request, async () => {
+          most = Math.max(most, ++reading);
+          await new Promise(resolve => setTimeout(resolve, 30));
+          reading--;
+        }),
+      ),
+    );
+    expect(most).toBe(2);
   });
 });

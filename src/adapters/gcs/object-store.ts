@@ -1,0 +1,136 @@
+import {createHash} from 'node:crypto';
+import type {Bucket} from '@google-cloud/storage';
+import type {Readable} from 'node:stream';
+import type {ObjectStore} from '../../core/ports';
+
+/** Objects are immutable once written (ids are never reused), so caches may keep them for good. */
+const IMMUTABLE_CACHE_CONTROL = 'public, max-age=31536000, immutable';
+
+const READ_ATTEMPTS = 3;
+
+function isRetryable(error: unknown): boolean {
+  const status = statusOf(error);
+  return status === undefined || status === 408 || status === 429 || status >= 500;
+}
+
+function statusOf(error: unknown): number | undefined {
+  const code = (error as {code?: unknown} | undefined)?.code;
+  return typeof code === 'number' ? code : undefined;
+}
+
+export interface GcsObjectStoreOptions {
+  /** IAM signBlob endpoint, when not the default (tests point it at a local server). */
+  signingEndpoint?: string;
+  /** Base for public URLs, e.g. a CDN in front of the bucket. */
+  publicBaseUrl?: string;
+  /** The same bucket through a client with automatic retries off, for downloads. */
+  readBucket?: Bucket;
+}
+
+type PutInfo = Parameters<ObjectStore['put']>[2];
+
+/** Image bytes in a Cloud Storage bucket. */
+export class GcsObjectStore implements ObjectStore {
+  constructor(
+    private readonly bucket: Bucket,
+    private readonly options: GcsObjectStoreOptions = {},
+  ) {}
+
+  async put(objectPath: string, data: Buffer, info: PutInfo): Promise<void> {
+    // ifGenerationMatch: 0 makes the write create-only, which also lets the
+    // client retry it safely: a retry can never overwrite another object.
+    // Sending the MD5 (native, fast) has Cloud Storage verify the bytes, and
+    // spares the client its own CRC32C, which it computes in JavaScript.
+    await this.bucket.file(objectPath).save(data, {
+      resumable: false,
+      contentType: info.contentType,
+      metadata: {
+        contentType: info.contentType,
+        cacheControl: IMMUTABLE_CACHE_CONTROL,
+        metadata: info.metadata,
+        md5Hash: createHash('md5').update(data).digest('base64'),
+      },
+      validation: false,
+      preconditionOpts: {ifGenerationMatch: 0},
+    });
+  }
+
+  /**
+   * Streams the object. The client's own retries are off for downloads (a
+   * retried streamed download can fail with an unhandled rejection, which
+   * would end the instance), so we retry here, and only until the response
+   * headers arrive, before any byte has gone to our caller.
+   */
+  async read(objectPath: string): Promise<Readable | null> {
+    const bucket = this.options.readBucket ?? this.bucket;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.openOnce(bucket, objectPath);
+      } catch (error) {
+        if (attempt >= READ_ATTEMPTS || !isRetryable(error)) throw error;
+        await new Promise(resolve => setTimeout(resolve, 100 * 2 ** attempt * (0.5 + Math.random())));
+      }
+    }
+  }
+
+  private openOnce(bucket: Bucket, objectPath: string): Promise<Readable | null> {
+    const stream = bucket.file(objectPath).createReadStream();
+    // Wait for the response headers so a missing object is a null, not a broken stream.
+    return new Promise<Readable | null>((resolve, reject) => {
+      const onError = (error: unknown) => {
+        stream.destroy();
+        if (statusOf(error) === 404) resolve(null);
+        else reject(error);
+      };
+      stream.once('error', onError);
+      stream.once('response', (response: {statusCode?: number; status?: number}) => {
+        const status = response.statusCode ?? response.status ?? 200;
+        if (status >= 400) return; // the error event follows with the parsed body
+        stream.off('error', onError);
+        resolve(stream);
+      });
+      stream.read(0); // the client starts the request on the first read
+    });
+  }
+
+  async delete(objectPath: string): Promise<boolean> {
+    try {
+      await this.bucket.file(objectPath).delete();
+      return true;
+    } catch (error) {
+      if (statusOf(error) === 404) return false;
+      throw error;
+    }
+  }
+
+  /**
+   * A V4 signed URL. With a key file the client signs locally; on Cloud Run it
+   * has no key and signs through IAM signBlob as its own service account
+   * (which needs iam.serviceAccountTokenCreator on itself).
+   */
+  async signedReadUrl(objectPath: string, ttlSeconds: number): Promise<{url: string; expiresAt: Date}> {
+    const expiresAt = new Date(Date.now() + ttlSeconds * 1000);
+    const [url] = await this.bucket.file(objectPath).getSignedUrl({
+      version: 'v4',
+      action: 'read',
+      expires: expiresAt,
+      ...(this.options.signingEndpoint ? {signingEndpoint: this.options.signingEndpoint} : {}),
+    });
+    return {url, expiresAt};
+  }
+
+  publicUrl(objectPath: string): string {
+    const encoded = objectPath.split('/').map(encodeURIComponent).join('/');
+    const base = this.options.publicBaseUrl ?? `https://storage.googleapis.com/${this.bucket.name}`;
+    return `${base}/${encoded}`;
+  }
+
+  uri(objectPath: string): string {
+    return `gs://${this.bucket.name}/${objectPath}`;
+  }
+
+  async list(prefix: string): Promise<string[]> {
+    const [files] = await this.bucket.getFiles({prefix, autoPaginate: true});
+    return files.map(file => file.name).sort();
+  }
+}

@@ -1,0 +1,44 @@
+import {createHash} from 'node:crypto';
+import type {ImageCodec, ImageInfo} from '../../core/ports';
+
+type ImageSize = typeof import('image-size').imageSize;
+
+const FORMATS: Record<string, {contentType: string; extension: string}> = {
+  png: {contentType: 'image/png', extension: 'png'},
+  jpg: {contentType: 'image/jpeg', extension: 'jpg'},
+  webp: {contentType: 'image/webp', extension: 'webp'},
+};
+
+/** Reads image headers with image-size, loaded on first use: nothing at cold start needs it. */
+export class HeaderImageCodec implements ImageCodec {
+  private imageSize: ImageSize | undefined;
+
+  /** Loads the header reader if it is not loaded yet (a generation does it while its upstream call waits). */
+  load(): ImageSize {
+    return (this.imageSize ??= (require('image-size') as typeof import('image-size')).imageSize);
+  }
+
+  /**
+   * The format and dimensions from the image header, and the bytes' sha256
+   * (unless it was computed already, while decoding). Null for anything that
+   * is not a PNG, JPEG or WebP image.
+   */
+  inspect(data: Buffer, knownSha256?: string): ImageInfo | null {
+    const imageSize = this.load();
+    let header: ReturnType<ImageSize>;
+    try {
+      header = imageSize(data);
+    } catch {
+      return null;
+    }
+    const format = header.type === undefined ? undefined : FORMATS[header.type];
+    if (!format || !header.width || !header.height) return null;
+    return {
+      ...format,
+      width: header.width,
+      height: header.height,
+      bytes: data.length,
+      sha256: knownSha256 ?? createHash('sha256').update(data).digest('hex'),
+    };
+  }
+}

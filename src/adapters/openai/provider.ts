@@ -1,0 +1,261 @@
+import {subscribe, unsubscribe} from 'node:diagnostics_channel';
+import {AppError, validationError} from '../../core/errors';
+import type {UpstreamParameters} from '../../core/generation';
+import {MODELS} from '../../core/models';
+import type {GeneratedImages, ImageProvider, UpstreamRequest} from '../../core/ports';
+import type {Usage} from '../../core/records';
+import {Limiter} from './limiter';
+import {BufferPool, parseImagesResponse} from './response-parser';
+
+export interface OpenAIProviderOptions {
+  apiKey: string | undefined;
+  organization: string | undefined;
+  project: string | undefined;
+  baseURL: string | undefined;
+  /** Total time one upstream call may take, retries included. */
+  timeoutMs: number;
+  maxRetries: number;
+  /** Upstream answers read at once (each holds its images in memory until they are stored). */
+  maxConcurrentDecodes: number;
+  /**
+   * Runs once a request has left, while it only waits for its answer: a new
+   * instance gets what handling the answer needs ready (loads, connects) in
+   * time that would otherwise be idle.
+   */
+  whileWaiting?: () => void;
+}
+
+/** Loaded on first use: the SDK is not needed to serve health checks or stored images. */
+const loadSdk = () => require('openai') as typeof import('openai');
+type Sdk = ReturnType<typeof loadSdk>;
+type OpenAIClient = InstanceType<Sdk['default']>;
+type SdkGenerateParams = import('openai').OpenAI.Images.ImageGenerateParamsNonStreaming;
+
+/**
+ * The request body, picked from the SDK's own type: an upstream parameter the
+ * SDK does not know, or one typed differently, fails to compile here.
+ */
+type GenerateBody = Pick<
+  SdkGenerateParams,
+  'model' | 'prompt' | 'n' | 'response_format' | keyof UpstreamParameters
+>;
+
+const SAFETY_CODES = new Set(['content_policy_violation', 'moderation_blocked']);
+
+/**
+ * Image provider on the official SDK. The SDK retries 429, 5xx and connection
+ * errors with backoff and honours Retry-After; we bound the whole call with one
+ * deadline and translate its errors into our codes.
+ */
+export class OpenAIImageProvider implements ImageProvider {
+  private client: OpenAIClient | undefined;
+  /** Decode buffers, reused from one answer to the next (see BufferPool). */
+  private readonly buffers = new BufferPool();
+  /** Calls wait upstream in any number; reading their answers is bounded. */
+  private readonly decodeSlots: Limiter;
+
+  constructor(private readonly options: OpenAIProviderOptions) {
+    this.decodeSlots = new Limiter(options.maxConcurrentDecodes);
+  }
+
+  get configured(): boolean {
+    return this.options.apiKey !== undefined;
+  }
+
+  /** Built on first use and reused, so its keep-alive connections serve every request. */
+  private getClient(): OpenAIClient {
+    const {default: Client} = loadSdk();
+    this.client ??= new Client({
+      apiKey: this.options.apiKey,
+      organization: this.options.organization ?? null,
+      project: this.options.project ?? null,
+      baseURL: this.options.baseURL ?? null,
+      timeout: this.options.timeoutMs,
+      maxRetries: this.options.maxRetries,
+    });
+    return this.client;
+  }
+
+  async generate<T>(
+    request: UpstreamRequest,
+    store: (result: GeneratedImages) => Promise<T>,
+    signal?: AbortSignal,
+  ): Promise<T> {
+    const client = this.getClient();
+    const deadline = AbortSignal.timeout(this.options.timeoutMs);
+    const combined = signal ? AbortSignal.any([signal, deadline]) : deadline;
+    const body: GenerateBody = {
+      model: request.model,
+      prompt: request.prompt,
+      n: request.n,
+      ...request.parameters,
+      ...(MODELS[request.model].family === 'dall-e' ? {response_format: 'b64_json' as const} : {}),
+    };
+
+    const whileWaiting = this.options.whileWaiting;
+    const sent = whileWaiting && onceSent(new URL(client.baseURL).origin, whileWaiting);
+    let response: Response;
+    try {
+      response = await client.images.generate(body, {signal: combined}).asResponse();
+    } catch (error) {
+      throw translateError(error, deadline.aborted, signal?.aborted ?? false);
+    } finally {
+      sent?.();
+    }
+    return this.decodeSlots.run(async () => {
+      const result = await this.readImages(response, request.n, deadline, signal);
+      try {
+        return await store(result);
+      } finally {
+        // `store` settles only once nothing reads the images any more.
+        result.release();
+      }
+    });
+  }
+
+  /** Streams the body: image data is decoded and hashed as it arrives (see response-parser). */
+  private async readImages(
+    response: Response,
+    expected: number,
+    deadline: AbortSignal,
+    signal: AbortSignal | undefined,
+  ): Promise<GeneratedImages & {release(): void}> {
+    if (!response.body) throw new AppError('UPSTREAM_ERROR', 'OpenAI answered without a body');
+    let parsed;
+    try {
+      parsed = await parseImagesResponse(
+        response.body,
+        Number(response.headers.get('content-length') ?? NaN),
+        this.buffers,
+      );
+    } catch (error) {
+      if (deadline.aborted || signal?.aborted)
+        throw translateError(error, deadline.aborted, signal?.aborted ?? false);
+      throw new AppError('UPSTREAM_ERROR', 'OpenAI sent an answer that could not be read', {cause: error});
+    }
+    const items = parsed.body.data ?? [];
+    if (items.length !== expected || parsed.images.length !== expected) {
+      parsed.release();
+      throw new AppError(
+        'UPSTREAM_ERROR',
+        `OpenAI returned ${parsed.images.length} image(s) where ${expected} were asked for`,
+      );
+    }
+    return {
+      images: parsed.images.map((image, i) => ({
+        data: image.data,
+        sha256: image.sha256,
+        revisedPrompt: items[i]?.revised_prompt ?? null,
+      })),
+      usage: (parsed.body.usage as Usage | undefined) ?? null,
+      release: parsed.release,
+    };
+  }
+}
+
+const BODY_SENT = 'undici:request:bodySent';
+
+/**
+ * Runs `callback` soon after an images request to `origin` has been written in full,
+ * as fetch's HTTP client (undici) reports on its diagnostics channel. Any such
+ * request will do: the callback only prepares work for after the answer. The
+ * returned function runs it now if that has not happened yet.
+ */
+function onceSent(origin: string, callback: () => void): () => void {
+  let done = false;
+  const finish = () => {
+    if (done) return;
+    done = true;
+    unsubscribe(BODY_SENT, listener);
+    setImmediate(() => {
+      try {
+        callback();
+      } catch {
+        // It only gets work ready early; whatever failed fails again where it is needed.
+      }
+    });
+  };
+  const listener = (message: unknown) => {
+    const request = (message as {request?: {origin?: unknown; path?: unknown}}).request;
+    if (request?.origin === origin && String(request.path).endsWith('/images/generations')) finish();
+  };
+  subscribe(BODY_SENT, listener);
+  return finish;
+}
+
+function translateError(error: unknown, timedOut: boolean, cancelled: boolean): AppError {
+  const {default: OpenAIClient} = loadSdk();
+  if (timedOut || error instanceof OpenAIClient.APIConnectionTimeoutError) {
+    return new AppError('UPSTREAM_TIMEOUT', 'OpenAI did not answer in time', {cause: error});
+  }
+  if (cancelled || error instanceof OpenAIClient.APIUserAbortError) {
+    return new AppError('UPSTREAM_ERROR', 'The request was cancelled before OpenAI answered', {cause: error});
+  }
+  if (!(error instanceof OpenAIClient.APIError)) {
+    return new AppError('UPSTREAM_ERROR', 'OpenAI request failed', {cause: error});
+  }
+  const code = typeof error.code === 'string' ? error.code : undefined;
+  const requestId = error.requestID ?? undefined;
+  const details = {
+    upstream_status: error.status ?? null,
+    upstream_code: code ?? null,
+    upstream_request_id: requestId ?? null,
+  };
+  if (error instanceof OpenAIClient.APIConnectionError) {
+    return new AppError('UPSTREAM_ERROR', 'Could not reach OpenAI', {cause: error, details});
+  }
+  if (code !== undefined && SAFETY_CODES.has(code)) {
+    return new AppError(
+      'CONTENT_POLICY_VIOLATION',
+      'OpenAI refused the prompt under its safety policy; rephrase it and try again',
+      {cause: error, details},
+    );
+  }
+  switch (error.status) {
+    case 400:
+    case 422:
+      return validationError(
+        [{field: error.param ?? '(body)', message: `OpenAI rejected the request: ${upstreamMessage(error)}`}],
+        details,
+      );
+    case 401:
+    case 403:
+      // A credentials problem is ours to fix, not the caller's; never echo the key.
+      return new AppError(
+        'SERVICE_ERROR',
+        `OpenAI rejected the function's credentials (${error.status}); check OPENAI_API_KEY and OPENAI_ORGANIZATION`,
+        {cause: error, details},
+      );
+    case 429:
+      return new AppError(
+        'RATE_LIMIT_EXCEEDED',
+        code === 'insufficient_quota'
+          ? 'The OpenAI account is out of quota'
+          : 'OpenAI rate limit reached; retry after the indicated delay',
+        {cause: error, details, retryAfterSeconds: retryAfterSeconds(error.headers)},
+      );
+    default:
+      return new AppError('UPSTREAM_ERROR', `OpenAI failed with status ${error.status ?? 'unknown'}`, {
+        cause: error,
+        details,
+      });
+  }
+}
+
+function upstreamMessage(error: {message: string; error?: unknown}): string {
+  const body = error.error as {message?: unknown} | undefined;
+  const text = typeof body?.message === 'string' ? body.message : error.message;
+  // Strip anything that looks like a key; OpenAI masks keys, but be certain.
+  return text.replace(/sk-[A-Za-z0-9_*.-]+/g, 'sk-***').slice(0, 500);
+}
+
+function retryAfterSeconds(headers: Headers | undefined): number | undefined {
+  const ms = Number(headers?.get('retry-after-ms'));
+  if (Number.isFinite(ms) && ms > 0) return Math.ceil(ms / 1000);
+  const value = headers?.get('retry-after');
+  if (!value) return undefined;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, Math.ceil(seconds));
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - Date.now()) / 1000));
+}

@@ -1,0 +1,148 @@
+import type {IncomingMessage, ServerResponse} from 'node:http';
+import {z} from 'zod';
+import {AppError, validationError, zodProblems} from '../core/errors';
+import type {Requester} from '../core/requester';
+import {traceFields, type Logger} from '../logger';
+import {authenticate} from './auth';
+import {readJsonBody, type ParsedRequest} from './body';
+import {sendError, toAppError} from './responses';
+import type {AppServices, Method, Route} from './route';
+import {ROUTES} from './routes';
+import {imageLinker, type ImageLinker} from './urls';
+
+interface CompiledRoute {
+  route: Route;
+  pattern: RegExp;
+  names: string[];
+}
+
+function compile(route: Route): CompiledRoute {
+  const names: string[] = [];
+  const source = route.path.replace(/\/$/, '').replace(/\{(\w+)\}/g, (_, name: string) => {
+    names.push(name);
+    return '([^/]+)';
+  });
+  return {route, pattern: new RegExp(`^${source}/?$`), names};
+}
+
+function decodeParam(value: string): string {
+  try {
+    return decodeURIComponent(value);
+  } catch {
+    return value; // a malformed escape is just an id that matches nothing
+  }
+}
+
+function validate<T>(schema: z.ZodType<T> | undefined, input: unknown): T {
+  if (!schema) return undefined as T;
+  const parsed = schema.safeParse(input);
+  if (!parsed.success) throw validationError(zodProblems(parsed.error));
+  return parsed.data;
+}
+
+function queryOf(url: URL): Record<string, string> {
+  const query: Record<string, string> = {};
+  for (const [name, value] of url.searchParams) {
+    if (name in query) throw validationError([{field: name, message: 'given more than once'}]);
+    query[name] = value;
+  }
+  return query;
+}
+
+/** The request headers a route declares, under their declared names. */
+function headersOf(schema: z.ZodType | undefined, req: IncomingMessage): Record<string, unknown> {
+  if (!(schema instanceof z.ZodObject)) return {};
+  return Object.fromEntries(Object.keys(schema.shape).map(name => [name, req.headers[name.toLowerCase()]]));
+}
+
+/** The function's HTTP face: routes every request, answers every failure with our JSON error, logs it. */
+export function createApp(
+  services: AppServices,
+): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
+  const {config, logger} = services;
+  const projectId = config.storage.kind === 'gcp' ? config.storage.projectId : undefined;
+  const compiled = ROUTES.map(compile);
+
+  return async (req, res) => {
+    const started = performance.now();
+    const log = logger.child(traceFields(req.headers, projectId));
+    const labels: Record<string, string> = {};
+    let failure: AppError | undefined;
+    try {
+      const url = new URL(req.url ?? '/', 'http://function.invalid');
+      const onPath = compiled.filter(candidate => candidate.pattern.test(url.pathname));
+      if (onPath.length === 0) throw new AppError('NOT_FOUND', `No route for ${url.pathname.slice(0, 200)}`);
+      const method = (req.method ?? 'GET').toUpperCase() as Method;
+      const match = onPath.find(candidate => candidate.route.method === method);
+      if (!match) {
+        const allow = onPath.map(candidate => candidate.route.method).join(', ');
+        res.setHeader('Allow', allow);
+        throw new AppError('METHOD_NOT_ALLOWED', `${method} is not allowed here; use ${allow}`);
+      }
+      const {route} = match;
+      const requester: Requester = route.open ? {kind: 'public'} : authenticate(req, config.apiKeys);
+      if (requester.kind === 'api-key') labels.caller = requester.name;
+      const values = (match.pattern.exec(url.pathname) ?? []).slice(1).map(decodeParam);
+      const params = validate(
+        route.params,
+        Object.fromEntries(match.names.map((name, i) => [name, values[i]])),
+      );
+      const query = validate(route.query, queryOf(url));
+      const headers = validate(route.headers, headersOf(route.headers, req));
+      const body = route.body
+        ? route.body.parse(await readJsonBody(req as ParsedRequest, config.maxBodyBytes))
+        : undefined;
+      let linker: ImageLinker | undefined;
+      await route.handle({
+        req: req as ParsedRequest,
+        res,
+        params,
+        query,
+        headers,
+        body,
+        requester,
+        services,
+        log,
+        labels,
+        // Built when a response links an image: only then does it need the object store.
+        links: image => (linker ??= imageLinker(config, services.objects, req))(image),
+      });
+    } catch (error) {
+      failure = toAppError(error);
+      sendError(res, failure, failure.code === 'UNAUTHENTICATED' ? {'WWW-Authenticate': 'Bearer'} : {});
+    } finally {
+      logAccess(log, req, res, started, labels, failure);
+    }
+  };
+}
+
+function logAccess(
+  log: Logger,
+  req: IncomingMessage,
+  res: ServerResponse,
+  started: number,
+  labels: Record<string, string>,
+  failure: AppError | undefined,
+): void {
+  const latencyMs = performance.now() - started;
+  const status = res.statusCode;
+  const entry: Record<string, unknown> = {
+    httpRequest: {
+      requestMethod: req.method,
+      requestUrl: req.url,
+      status,
+      latency: `${(latencyMs / 1000).toFixed(3)}s`,
+      userAgent: req.headers['user-agent'],
+      remoteIp: req.socket.remoteAddress,
+      responseSize: String(res.getHeader('content-length') ?? ''),
+    },
+    'logging.googleapis.com/labels': labels,
+    latency_ms: Math.round(latencyMs),
+  };
+  if (failure) {
+    entry.code = failure.code;
+    if (status >= 500) entry.err = failure.cause ?? failure;
+  }
+  const level = status >= 500 ? 'error' : status >= 400 ? 'warn' : 'info';
+  log[level](entry, `${req.method} ${req.url} ${status}`);
+}

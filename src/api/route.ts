@@ -1,0 +1,85 @@
+import type {ServerResponse} from 'node:http';
+import type {z} from 'zod';
+import type {Config} from '../config';
+import type {ErrorCode} from '../core/errors';
+import type {ImageProvider, MetadataStore, ObjectStore} from '../core/ports';
+import type {IdempotentGenerator} from '../core/usecases/idempotency';
+import type {Requester} from '../core/requester';
+import type {Logger} from '../logger';
+import type {ParsedRequest} from './body';
+import type {ImageLinker} from './urls';
+
+/** What the routes use, built once per instance by the composition root. */
+export interface AppServices {
+  config: Config;
+  logger: Logger;
+  provider: ImageProvider;
+  /** Built on first use: in GCP mode that loads the Google Cloud clients. */
+  readonly objects: ObjectStore;
+  readonly metadata: MetadataStore;
+  readonly generator: IdempotentGenerator;
+  /** What the stores are, known without building them. */
+  storeKinds: {storage: 'local' | 'gcs'; metadata: 'local' | 'firestore'};
+}
+
+export type Method = 'GET' | 'HEAD' | 'POST' | 'DELETE';
+
+/** A response a route documents: a JSON schema, other media types, or no body. */
+export interface ResponseSpec {
+  description: string;
+  schema?: z.ZodType;
+  /** Media types of a non-JSON body (served as is). */
+  mediaTypes?: string[];
+}
+
+/** A JSON body: the schema documents it; `parse` validates it and gives what the handler gets. */
+export interface BodySpec<B> {
+  schema: z.ZodType;
+  parse(body: unknown): B;
+}
+
+export interface RouteContext<P, Q, H, B> {
+  req: ParsedRequest;
+  res: ServerResponse;
+  params: P;
+  query: Q;
+  headers: H;
+  body: B;
+  /** Who is asking; routes open to everyone (probes) get an anonymous requester. */
+  requester: Requester;
+  services: AppServices;
+  log: Logger;
+  /** Labels for the access log line (job and image ids, upstream time). */
+  labels: Record<string, string>;
+  links: ImageLinker;
+}
+
+/**
+ * Everything about one operation, in one place: routing, request validation,
+ * the responses and error codes it may give, and so its OpenAPI entry.
+ */
+export interface Route<P = any, Q = any, H = any, B = any> {
+  method: Method;
+  /** An OpenAPI path template, e.g. /jobs/{id}; a trailing slash is tolerated. */
+  path: string;
+  operationId: string;
+  summary: string;
+  /** Open without an API key (health probes, the API description). */
+  open?: boolean;
+  params?: z.ZodType<P>;
+  query?: z.ZodType<Q>;
+  /** Request headers, by their canonical names. */
+  headers?: z.ZodType<H>;
+  body?: BodySpec<B>;
+  responses: Record<number, ResponseSpec>;
+  /** Error codes this operation may answer with, besides those every route may give. */
+  errors: ErrorCode[];
+  handle(ctx: RouteContext<P, Q, H, B>): Promise<void>;
+}
+
+/** Keeps each route's parameter, query, header and body types tied to its handler. */
+export function defineRoute<P = undefined, Q = undefined, H = undefined, B = undefined>(
+  route: Route<P, Q, H, B>,
+): Route<P, Q, H, B> {
+  return route;
+}

@@ -1,0 +1,96 @@
+import {pipeline} from 'node:stream/promises';
+import {z} from 'zod';
+import {deleteImage, findImage, openImage} from '../../core/usecases/images';
+import {sendJson} from '../responses';
+import {defineRoute} from '../route';
+import {DeletedSchema, ImageUrlSchema} from '../views';
+
+const ImageParamsSchema = z.object({id: z.string().describe('Image id (a UUID).')});
+
+const IMAGE_CACHE_CONTROL = 'public, max-age=31536000, immutable';
+const IMAGE_TYPES = ['image/png', 'image/jpeg', 'image/webp'];
+
+function matchesEtag(header: string | undefined, etag: string): boolean {
+  if (!header) return false;
+  return header.split(',').some(tag => {
+    const value = tag.trim().replace(/^W\//, '');
+    return value === etag || value === '*';
+  });
+}
+
+/** The image bytes (GET) or only their headers (HEAD); ETag is the quoted sha256. */
+function serveImageRoute(method: 'GET' | 'HEAD') {
+  return defineRoute({
+    method,
+    path: '/images/{id}',
+    operationId: method === 'GET' ? 'getImage' : 'headImage',
+    summary: method === 'GET' ? 'The image bytes' : 'The image headers',
+    params: ImageParamsSchema,
+    headers: z.object({'If-None-Match': z.string().optional()}),
+    responses: {
+      200: {
+        description: method === 'GET' ? 'The image; ETag is the quoted sha256' : 'Headers only',
+        ...(method === 'GET' ? {mediaTypes: IMAGE_TYPES} : {}),
+      },
+      304: {description: 'Not modified'},
+    },
+    errors: method === 'GET' ? ['IMAGE_NOT_FOUND', 'STORAGE_ERROR'] : ['IMAGE_NOT_FOUND'],
+    async handle(ctx) {
+      const image = await findImage(ctx.services, ctx.params.id);
+      ctx.labels.image_ids = image.id;
+      const etag = `"${image.sha256}"`;
+      const headers = {
+        'Content-Type': image.content_type,
+        ETag: etag,
+        'Cache-Control': IMAGE_CACHE_CONTROL,
+        'X-Content-Type-Options': 'nosniff',
+      };
+      const res = ctx.res;
+      if (matchesEtag(ctx.headers['If-None-Match'], etag)) {
+        res.writeHead(304, headers).end();
+        return;
+      }
+      if (method === 'HEAD') {
+        res.writeHead(200, {...headers, 'Content-Length': String(image.bytes)}).end();
+        return;
+      }
+      const stream = await openImage(ctx.services, image);
+      res.writeHead(200, {...headers, 'Content-Length': String(image.bytes)});
+      await pipeline(stream, res);
+    },
+  });
+}
+
+export const imageRoutes = [
+  serveImageRoute('GET'),
+  serveImageRoute('HEAD'),
+  defineRoute({
+    method: 'DELETE',
+    path: '/images/{id}',
+    operationId: 'deleteImage',
+    summary: 'Delete an image (object and record)',
+    params: ImageParamsSchema,
+    responses: {200: {description: 'Deleted', schema: DeletedSchema}},
+    errors: ['IMAGE_NOT_FOUND', 'STORAGE_ERROR'],
+    async handle(ctx) {
+      const image = await deleteImage(ctx.services, ctx.params.id);
+      ctx.labels.job_id = image.job_id;
+      ctx.labels.image_ids = image.id;
+      sendJson(ctx.res, 200, {status: 'deleted', job_id: image.job_id, image_ids: [image.id]});
+    },
+  }),
+  defineRoute({
+    method: 'GET',
+    path: '/images/{id}/url',
+    operationId: 'getImageUrl',
+    summary: 'A fresh URL for the image (renews expired signed URLs)',
+    params: ImageParamsSchema,
+    responses: {200: {description: 'The URL', schema: ImageUrlSchema}},
+    errors: ['IMAGE_NOT_FOUND', 'STORAGE_ERROR'],
+    async handle(ctx) {
+      const image = await findImage(ctx.services, ctx.params.id);
+      ctx.labels.image_ids = image.id;
+      sendJson(ctx.res, 200, {id: image.id, ...(await ctx.links(image))});
+    },
+  }),
+];

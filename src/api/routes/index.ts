@@ -1,0 +1,15 @@
+import type {Route} from '../route';
+import {generateRoutes} from './generate';
+import {imageRoutes} from './images';
+import {jobRoutes} from './jobs';
+import {describeApiRoute} from './openapi';
+import {probeRoutes} from './probes';
+
+/** Every operation the function answers; anything else is 404, a wrong method 405. */
+export const ROUTES: Route[] = [
+  ...generateRoutes,
+  ...jobRoutes,
+  ...imageRoutes,
+  ...probeRoutes,
+  describeApiRoute(() => ROUTES),
+];

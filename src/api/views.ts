@@ -1,0 +1,125 @@
+import {z} from 'zod';
+import {ERROR_CODES} from '../core/errors';
+import {MODEL_IDS} from '../core/models';
+import {
+  JOB_STATUSES,
+  JobFailureSchema,
+  JobParametersSchema,
+  type ImageRecord,
+  type JobRecord,
+} from '../core/records';
+import type {ImageLinker} from './urls';
+
+/**
+ * What responses carry, as zod schemas: they type the presenters below and
+ * are the routes' documented responses, so the OpenAPI document cannot drift
+ * from what is sent.
+ */
+
+export const ImageViewSchema = z
+  .object({
+    id: z.uuid(),
+    url: z.string().describe('Absolute URL that serves the image (signed, public or through this function).'),
+    url_expires_at: z.string().nullable().describe('When a signed URL stops working; null otherwise.'),
+    gcs_uri: z.string().nullable().describe('gs://bucket/path in Cloud Storage mode; null otherwise.'),
+    content_type: z.enum(['image/png', 'image/jpeg', 'image/webp']),
+    bytes: z.int().nonnegative(),
+    sha256: z.string().regex(/^[0-9a-f]{64}$/),
+    width: z.int().positive(),
+    height: z.int().positive(),
+    model: z.enum(MODEL_IDS),
+    size: z.string(),
+    prompt: z.string(),
+    revised_prompt: z.string().nullable(),
+  })
+  .meta({id: 'Image'});
+
+export const JobViewSchema = z
+  .object({
+    job_id: z.uuid(),
+    status: z.enum(JOB_STATUSES).describe('`partial`: see `failures` (only with allow_partial).'),
+    image_url: z.string().nullable().describe('URL of the first image; null once every image is deleted.'),
+    images: z.array(ImageViewSchema),
+    failures: z.array(JobFailureSchema),
+    usage: z
+      .record(z.string(), z.unknown())
+      .nullable()
+      .describe('Token usage as OpenAI reports it (GPT image models).'),
+    prompt: z.string(),
+    parameters: JobParametersSchema,
+    metadata: z.record(z.string(), z.string()),
+    created_at: z.string(),
+    updated_at: z.string(),
+    completed_at: z.string().nullable(),
+  })
+  .meta({id: 'Job'});
+
+export const JobListSchema = z
+  .object({
+    jobs: z.array(JobViewSchema),
+    next_cursor: z.string().nullable().describe('Pass as `cursor` for the next page; null at the end.'),
+  })
+  .meta({id: 'JobList'});
+
+export const ImageUrlSchema = z
+  .object({
+    id: z.uuid(),
+    url: z.string(),
+    url_expires_at: z.string().nullable(),
+    gcs_uri: z.string().nullable(),
+  })
+  .meta({id: 'ImageUrl'});
+
+export const DeletedSchema = z
+  .object({
+    status: z.literal('deleted'),
+    job_id: z.uuid(),
+    image_ids: z.array(z.uuid()),
+  })
+  .meta({id: 'Deleted'});
+
+export const ErrorBodySchema = z
+  .object({
+    error: z.string().describe('What went wrong, for a person.'),
+    status: z.literal('failed'),
+    code: z.enum(ERROR_CODES).describe('Stable code, for a program.'),
+    details: z.record(z.string(), z.unknown()).optional(),
+  })
+  .meta({id: 'Error'});
+
+export type ImageView = z.infer<typeof ImageViewSchema>;
+export type JobView = z.infer<typeof JobViewSchema>;
+
+export async function imageView(image: ImageRecord, links: ImageLinker): Promise<ImageView> {
+  return {
+    id: image.id,
+    ...(await links(image)),
+    content_type: image.content_type as ImageView['content_type'],
+    bytes: image.bytes,
+    sha256: image.sha256,
+    width: image.width,
+    height: image.height,
+    model: image.model,
+    size: image.size,
+    prompt: image.prompt,
+    revised_prompt: image.revised_prompt,
+  };
+}
+
+export async function jobView(job: JobRecord, links: ImageLinker): Promise<JobView> {
+  const images = await Promise.all(job.images.map(image => imageView(image, links)));
+  return {
+    job_id: job.id,
+    status: job.status,
+    image_url: images[0]?.url ?? null,
+    images,
+    failures: job.failures,
+    usage: job.usage,
+    prompt: job.prompt,
+    parameters: job.parameters,
+    metadata: job.metadata,
+    created_at: job.created_at,
+    updated_at: job.updated_at,
+    completed_at: job.completed_at,
+  };
+}

@@ -1,0 +1,117 @@
+import type {DestinationStream} from 'pino';
+import type {AppServices} from './api/route';
+import type {Config} from './config';
+import type {MetadataStore, ObjectStore} from './core/ports';
+import {IdempotentGenerator} from './core/usecases/idempotency';
+import {withDeadlines} from './adapters/firestore/deadline';
+import {FirestoreMetadataStore} from './adapters/firestore/metadata-store';
+import {GcsObjectStore} from './adapters/gcs/object-store';
+import {HeaderImageCodec} from './adapters/imaging/image-codec';
+import {LocalMetadataStore} from './adapters/local/metadata-store';
+import {LocalObjectStore} from './adapters/local/object-store';
+import {OpenAIImageProvider} from './adapters/openai/provider';
+import {createLogger} from './logger';
+
+interface Stores {
+  objects: ObjectStore;
+  metadata: MetadataStore;
+}
+
+/**
+ * The composition root: the one place that builds dependencies, once per
+ * instance. Cheap parts are built now; the stores (which in GCP mode load the
+ * Google Cloud clients) and what depends on them, on first use.
+ */
+export function createServices(
+  config: Config,
+  options: {logDestination?: DestinationStream} = {},
+): AppServices {
+  let stores: Stores | undefined;
+  const getStores = () => (stores ??= createStores(config));
+  const codec = new HeaderImageCodec();
+
+  /**
+   * Once a generation's request is on the wire, a new instance loads what
+   * handling its answer needs and makes one cheap call to each store (what
+   * /ready does): the Google Cloud clients, their API descriptions and
+   * connections are ready when OpenAI answers, not loaded after.
+   */
+  const whileWaiting = () => {
+    codec.load();
+    if (stores) return;
+    try {
+      const {objects, metadata} = getStores();
+      // Failures are left to the requests that use the stores, which report them.
+      void Promise.allSettled([objects.list('health-check/'), metadata.ping()]);
+    } catch {
+      // Not now, then: the request that uses a store reports the error.
+    }
+  };
+
+  const provider = new OpenAIImageProvider({...config.openai, whileWaiting});
+  let generator: IdempotentGenerator | undefined;
+
+  return {
+    config,
+    logger: createLogger(config.log.level, options.logDestination),
+    provider,
+    storeKinds:
+      config.storage.kind === 'local'
+        ? {storage: 'local', metadata: 'local'}
+        : {storage: 'gcs', metadata: 'firestore'},
+    get objects() {
+      return getStores().objects;
+    },
+    get metadata() {
+      return getStores().metadata;
+    },
+    get generator() {
+      return (generator ??= new IdempotentGenerator(
+        {
+          provider,
+          codec,
+          get objects() {
+            return getStores().objects;
+          },
+          get metadata() {
+            return getStores().metadata;
+          },
+        },
+        config.idempotency,
+      ));
+    },
+  };
+}
+
+function createStores(config: Config): Stores {
+  if (config.storage.kind === 'local') {
+    return {
+      objects: new LocalObjectStore(config.storage.dataDir),
+      metadata: new LocalMetadataStore(config.storage.dataDir),
+    };
+  }
+  const {bucket, projectId, firestoreDatabase, storageEndpoint} = config.storage;
+  // Required here rather than at the top: local mode never loads them, and
+  // GCP mode loads them only when a request needs a store.
+  const {Storage} = require('@google-cloud/storage') as typeof import('@google-cloud/storage');
+  const firestore = require('@google-cloud/firestore') as typeof import('@google-cloud/firestore');
+  const storageOptions = {
+    ...(projectId ? {projectId} : {}),
+    ...(storageEndpoint ? {apiEndpoint: storageEndpoint} : {}),
+  };
+  const storage = new Storage(storageOptions);
+  const readStorage = new Storage({...storageOptions, retryOptions: {autoRetry: false}});
+  const db = new firestore.Firestore({
+    ...(projectId ? {projectId} : {}),
+    databaseId: firestoreDatabase,
+    ignoreUndefinedProperties: true,
+  });
+  return {
+    objects: new GcsObjectStore(storage.bucket(bucket), {
+      readBucket: readStorage.bucket(bucket),
+      // In public mode PUBLIC_BASE_URL names where objects are served from (a CDN, say).
+      ...(config.urls.mode === 'public' && config.publicBaseUrl ? {publicBaseUrl: config.publicBaseUrl} : {}),
+    }),
+    metadata: withDeadlines(new FirestoreMetadataStore(db, firestore.FieldPath), config.metadataTimeoutMs),
+  };
+}

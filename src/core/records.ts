@@ -1,0 +1,88 @@
+import {z} from 'zod';
+import {ERROR_CODES} from './errors';
+import {UpstreamParametersSchema} from './generation';
+import {MAX_IMAGES_PER_REQUEST, MODEL_IDS, type ModelId} from './models';
+
+/** Token usage exactly as OpenAI reports it (GPT image models), or null. */
+export type Usage = Record<string, unknown> | null;
+
+/** One stored image: the object and what we know of it. */
+export interface ImageRecord {
+  id: string;
+  job_id: string;
+  /** Position in the job, from 0. */
+  index: number;
+  object_path: string;
+  content_type: string;
+  bytes: number;
+  sha256: string;
+  width: number;
+  height: number;
+  model: ModelId;
+  size: string;
+  prompt: string;
+  revised_prompt: string | null;
+  created_at: string;
+}
+
+export const JOB_STATUSES = ['completed', 'partial'] as const;
+
+/** `partial`: some upstream calls failed and `allow_partial` was set; see `failures`. */
+export type JobStatus = (typeof JOB_STATUSES)[number];
+
+export const JobFailureSchema = z
+  .object({
+    first_index: z.int().nonnegative(),
+    count: z.int().positive(),
+    code: z.enum(ERROR_CODES),
+    error: z.string(),
+  })
+  .meta({id: 'JobFailure', description: 'An upstream call of a partial job that made no images.'});
+
+/** An upstream call of a partial job that produced no images. */
+export type JobFailure = z.infer<typeof JobFailureSchema>;
+
+type Stored<S extends z.ZodRawShape> = {
+  [K in keyof S]: z.ZodNullable<S[K] extends z.ZodOptional<infer Inner> ? Inner : S[K]>;
+};
+
+/** Every upstream parameter, null when the request left it to OpenAI. */
+function storedParameters<S extends z.ZodRawShape>(shape: S): Stored<S> {
+  return Object.fromEntries(
+    Object.entries(shape).map(([key, schema]) => [
+      key,
+      ((schema instanceof z.ZodOptional ? schema.unwrap() : schema) as z.ZodType).nullable(),
+    ]),
+  ) as unknown as Stored<S>;
+}
+
+/** The parameters a job was run with, in the request's own vocabulary. */
+export const JobParametersSchema = z
+  .object({
+    count: z.int().min(1).max(MAX_IMAGES_PER_REQUEST),
+    model: z.enum(MODEL_IDS),
+    ...storedParameters(UpstreamParametersSchema.shape),
+    size: z.string(),
+    allow_partial: z.boolean(),
+  })
+  .meta({id: 'JobParameters'});
+
+export type JobParameters = z.infer<typeof JobParametersSchema>;
+
+export interface JobRecord {
+  id: string;
+  status: JobStatus;
+  prompt: string;
+  source: 'legacy' | 'generate';
+  parameters: JobParameters;
+  metadata: Record<string, string>;
+  usage: Usage;
+  /** Kept in the job as well as under their own ids, so a job is one read. */
+  images: ImageRecord[];
+  failures: JobFailure[];
+  created_at: string;
+  updated_at: string;
+  completed_at: string | null;
+  /** Milliseconds spent waiting on the image provider. */
+  upstream_ms: number;
+}

@@ -1,0 +1,215 @@
+import {createHash, randomUUID} from 'node:crypto';
+import {AppError, storageCall} from '../errors';
+import type {GenerateCommand} from '../generation';
+import type {ClaimOutcome, IdempotencyRecord} from '../ports';
+import type {JobRecord} from '../records';
+import type {Requester} from '../requester';
+import {jobPrefix} from '../ids';
+import {generateImages, removeObjects, type GenerateDeps} from './generate';
+import {reserveDailyQuota} from './quota';
+
+export interface IdempotencyOptions {
+  /** How long a run holds its key before another instance may take it over. */
+  leaseMs: number;
+  /** How long a key is remembered. */
+  ttlMs: number;
+}
+
+export interface GenerateOutcome {
+  job: JobRecord;
+  /** True when the job was made by an earlier request with the same key. */
+  replayed: boolean;
+}
+
+function sha256(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
+/** What makes two requests "the same": every parameter, not how it was sent. */
+export function fingerprintOf(command: GenerateCommand): string {
+  const {idempotencyKey: _key, source: _source, ...rest} = command;
+  return sha256(JSON.stringify(sortedDeep(rest)));
+}
+
+function sortedDeep(value: unknown): unknown {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return value;
+  return Object.fromEntries(
+    Object.entries(value)
+      .sort(([a], [b]) => (a < b ? -1 : 1))
+      .map(([key, inner]) => [key, sortedDeep(inner)]),
+  );
+}
+
+/**
+ * The decision a store makes inside its atomic section, given what is stored
+ * under the key (if anything) and whether its job exists. `write` is the
+ * record to store, if any.
+ */
+export function decideClaim(
+  existing: IdempotencyRecord | null,
+  jobExists: boolean,
+  claim: IdempotencyRecord,
+  now: Date,
+): {result: ClaimOutcome; write: IdempotencyRecord | null} {
+  if (!existing || existing.expiresAt <= now) {
+    return {result: {outcome: 'claimed', jobId: claim.jobId, recovered: false}, write: claim};
+  }
+  if (existing.fingerprint !== claim.fingerprint) return {result: {outcome: 'mismatch'}, write: null};
+  if (existing.completed || jobExists) {
+    return {result: {outcome: 'completed', jobId: existing.jobId}, write: null};
+  }
+  if (existing.leaseUntil > now) {
+    return {result: {outcome: 'in_progress', leaseUntil: existing.leaseUntil}, write: null};
+  }
+  // The run that held the key stopped without finishing: take it over under the same job id.
+  return {
+    result: {outcome: 'claimed', jobId: existing.jobId, recovered: true},
+    write: {...claim, jobId: existing.jobId},
+  };
+}
+
+/**
+ * Generation that is safe to retry, and counted against the requester's
+ * quota. The first request with a key claims it atomically in the metadata
+ * store and runs; a duplicate gets the stored job, waits for the run in this
+ * instance, or is told the run is in progress elsewhere. A run that crashed is
+ * taken over once its lease runs out, after removing whatever objects it
+ * left. OpenAI is called once per completed key.
+ */
+export class IdempotentGenerator {
+  private readonly inflight = new Map<string, {fingerprint: string; run: Promise<JobRecord>}>();
+
+  constructor(
+    private readonly deps: GenerateDeps,
+    private readonly options: IdempotencyOptions,
+  ) {}
+
+  async generate(command: GenerateCommand, requester: Requester): Promise<GenerateOutcome> {
+    // Checked before any key is claimed or quota reserved.
+    if (!this.deps.provider.configured) {
+      throw new AppError(
+        'SERVICE_ERROR',
+        'OPENAI_API_KEY is not set; the function cannot generate images until it is configured',
+      );
+    }
+    const key = command.idempotencyKey;
+    if (key === undefined) {
+      return {job: await this.run(command, requester), replayed: false};
+    }
+    const keyHash = sha256(key);
+    const fingerprint = fingerprintOf(command);
+
+    // Registered before the first await, so duplicates arriving meanwhile join this attempt.
+    const local = this.inflight.get(keyHash);
+    if (local) {
+      if (local.fingerprint !== fingerprint) throw reused();
+      return {job: await local.run, replayed: true};
+    }
+    const attempt = this.claimAndRun(command, requester, keyHash, fingerprint);
+    const run = attempt.then(outcome => outcome.job);
+    // Only duplicates await `run`; without any, its rejection must not go unhandled
+    // (the Functions Framework ends the instance on an unhandled rejection).
+    run.catch(() => undefined);
+    this.inflight.set(keyHash, {fingerprint, run});
+    try {
+      return await attempt;
+    } finally {
+      this.inflight.delete(keyHash);
+    }
+  }
+
+  /** Reserves quota, generates, and gives the quota back if generation fails. */
+  private async run(command: GenerateCommand, requester: Requester, jobId?: string): Promise<JobRecord> {
+    const now = this.deps.now?.() ?? new Date();
+    const release = await reserveDailyQuota(this.deps.metadata, requester, command.count, now);
+    try {
+      return await generateImages(this.deps, command, jobId === undefined ? {} : {jobId});
+    } catch (error) {
+      await release();
+      throw error;
+    }
+  }
+
+  private async claimAndRun(
+    command: GenerateCommand,
+    requester: Requester,
+    keyHash: string,
+    fingerprint: string,
+  ): Promise<GenerateOutcome> {
+    const now = this.deps.now?.() ?? new Date();
+    const claim: IdempotencyRecord = {
+      fingerprint,
+      jobId: randomUUID(),
+      leaseUntil: new Date(now.getTime() + this.options.leaseMs),
+      expiresAt: new Date(now.getTime() + this.options.ttlMs),
+      completed: false,
+    };
+    const outcome = await storageCall(
+      'Could not record the idempotency key',
+      this.deps.metadata.claimIdempotencyKey(keyHash, claim, now),
+    );
+
+    switch (outcome.outcome) {
+      case 'mismatch':
+        throw reused();
+      case 'in_progress':
+        throw new AppError(
+          'REQUEST_IN_PROGRESS',
+          'A request with this Idempotency-Key is still running; retry later',
+          {
+            retryAfterSeconds: Math.min(
+              30,
+              Math.max(1, Math.ceil((outcome.leaseUntil.getTime() - now.getTime()) / 1000)),
+            ),
+          },
+        );
+      case 'completed': {
+        const job = await storageCall(
+          'Could not read the job record',
+          this.deps.metadata.getJob(outcome.jobId),
+        );
+        if (!job) {
+          throw new AppError(
+            'JOB_NOT_FOUND',
+            'The job made under this Idempotency-Key has been deleted; use a new key to generate again',
+          );
+        }
+        return {job, replayed: true};
+      }
+      case 'claimed':
+        return {
+          job: await this.runClaimed(command, requester, keyHash, outcome.jobId, outcome.recovered),
+          replayed: false,
+        };
+    }
+  }
+
+  private async runClaimed(
+    command: GenerateCommand,
+    requester: Requester,
+    keyHash: string,
+    jobId: string,
+    recovered: boolean,
+  ): Promise<JobRecord> {
+    try {
+      if (recovered) {
+        // A crashed run may have stored some images before it stopped.
+        await removeObjects(this.deps.objects, await this.deps.objects.list(jobPrefix(jobId)));
+      }
+      const job = await this.run(command, requester, jobId);
+      // The job record already makes the key replay; this only survives a later delete of the job.
+      await this.deps.metadata.completeIdempotencyKey(keyHash, jobId).catch(() => undefined);
+      return job;
+    } catch (error) {
+      await this.deps.metadata.releaseIdempotencyKey(keyHash, jobId).catch(() => undefined);
+      throw error;
+    }
+  }
+}
+
+function reused(): AppError {
+  return new AppError(
+    'IDEMPOTENCY_KEY_REUSED',
+    'This Idempotency-Key was used for a request with different parameters; use a new key',
+  );
+}
