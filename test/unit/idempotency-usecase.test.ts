@@ -1,0 +1,205 @@
+import {createHash, randomUUID} from 'node:crypto';
+import {HeaderImageCodec} from '../../src/adapters/imaging/image-codec';
+import {AppError} from '../../src/core/errors';
+import type {GenerateCommand} from '../../src/core/generation';
+import type {Requester} from '../../src/core/requester';
+import {IdempotentGenerator, decideClaim, fingerprintOf} from '../../src/core/usecases/idempotency';
+import {MemoryMetadataStore, MemoryObjectStore} from '../support/memory-stores';
+import {ScriptedProvider} from '../support/scripted-provider';
+
+const MINUTE = 60_000;
+const IAM: Requester = {kind: 'iam'};
+
+function command(overrides: Partial<GenerateCommand> = {}): GenerateCommand {
+  return {
+    source: 'generate',
+    prompt: 'a lighthouse',
+    count: 1,
+    model: 'gpt-image-1.5',
+    parameters: {size: '1024x1024'},
+    metadata: {},
+    allowPartial: false,
+    ...overrides,
+  };
+}
+
+function setUp(now = () => new Date()) {
+  const provider = new ScriptedProvider();
+  const objects = new MemoryObjectStore();
+  const metadata = new MemoryMetadataStore();
+  const generator = new IdempotentGenerator(
+    {provider, objects, metadata, codec: new HeaderImageCodec(), now},
+    {leaseMs: 5 * MINUTE, ttlMs: 60 * MINUTE},
+  );
+  return {provider, objects, metadata, generator};
+}
+
+const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+
+describe('IdempotentGenerator', () => {
+  test('the same key twice: one upstream call, the second answer is the stored job', async () => {
+    const {provider, generator} = setUp();
+    const first = await generator.generate(command({idempotencyKey: 'k1'}), IAM);
+    const second = await generator.generate(command({idempotencyKey: 'k1', source: 'legacy'}), IAM);
+    expect(first.replayed).toBe(false);
+    expect(second).toEqual({job: first.job, replayed: true});
+    expect(provider.calls).toHaveLength(1);
+  });
+
+  test('duplicates arriving while the first runs join it', async () => {
+    const {provider, generator} = setUp();
+    provider.script.push({delayMs: 50});
+    const outcomes = await Promise.all(
+      Array.from({length: 4}, () => generator.generate(command({idempotencyKey: 'k2'}), IAM)),
+    );
+    expect(new Set(outcomes.map(o => o.job.id)).size).toBe(1);
+    expect(outcomes.filter(o => o.replayed)).toHaveLength(3);
+    expect(provider.calls).toHaveLength(1);
+  });
+
+  test('the same key with other parameters is refused, running or done', async () => {
+    const {provider, generator} = setUp();
+    provider.script.push({delayMs: 50});
+    const running = generator.generate(command({idempotencyKey: 'k3'}), IAM);
+    await expect(generator.generate(command({idempotencyKey: 'k3', count: 2}), IAM)).rejects.toMatchObject({
+      code: 'IDEMPOTENCY_KEY_REUSED',
+    });
+    await running;
+    await expect(
+      generator.generate(command({idempotencyKey: 'k3', metadata: {a: 'b'}}), IAM),
+    ).rejects.toMatchObject({code: 'IDEMPOTENCY_KEY_REUSED'});
+  });
+
+  test('a run held by another instance answers REQUEST_IN_PROGRESS with a Retry-After', async () => {
+    const {metadata, generator} = setUp();
+    const now = new Date();
+    await metadata.claimIdempotencyKey(
+      sha256('k4'),
+      {
+        fingerprint: fingerprintOf(command()),
+        jobId: randomUUID(),
+        leaseUntil: new Date(now.getTime() + 10_000),
+        expiresAt: new Date(now.getTime() + MINUTE),
+        completed: false,
+      },
+      now,
+    );
+    const error = await generator.generate(command({idempotencyKey: 'k4'}), IAM).catch((e: unknown) => e);
+    expect(error).toMatchObject({code: 'REQUEST_IN_PROGRESS'});
+    expect((error as AppError).retryAfterSeconds).toBeGreaterThanOrEqual(1);
+    expect((error as AppError).retryAfterSeconds).toBeLessThanOrEqual(10);
+  });
+
+  test('a failed run frees its key: the retry generates again', async () => {
+    const {provider, generator} = setUp();
+    provider.script.push({error: new AppError('UPSTREAM_ERROR', 'boom')});
+    await expect(generator.generate(command({idempotencyKey: 'k5'}), IAM)).rejects.toThrow('boom');
+    const retried = await generator.generate(command({idempotencyKey: 'k5'}), IAM);
+    expect(retried.replayed).toBe(false);
+    expect(provider.calls).toHaveLength(2);
+  });
+
+  test('a run left by a crashed instance is taken over after its lease, leftovers removed', async () => {
+    const {objects, metadata, generator} = setUp();
+    const jobId = randomUUID();
+    const past = new Date(Date.now() - 2 * MINUTE);
+    await metadata.claimIdempotencyKey(
+      sha256('k6'),
+      {
+        fingerprint: fingerprintOf(command()),
+        jobId,
+        leaseUntil: new Date(past.getTime() + MINUTE),
+        expiresAt: new Date(past.getTime() + 60 * MINUTE),
+        completed: false,
+      },
+      past,
+    );
+    await objects.put(`images/${jobId}/000-leftover.png`, Buffer.from('x'), {
+      contentType: 'image/png',
+      metadata: {},
+    });
+    const outcome = await generator.generate(command({idempotencyKey: 'k6'}), IAM);
+    expect(outcome.job.id).toBe(jobId);
+    expect(await objects.list(`images/${jobId}/`)).toEqual([outcome.job.images[0]!.object_path]);
+  });
+
+  test('a replayed key whose job was deleted says so', async () => {
+    const {metadata, generator} = setUp();
+    const made = await generator.generate(command({idempotencyKey: 'k7'}), IAM);
+    await metadata.deleteJob(made.job.id);
+    await expect(generator.generate(command({idempotencyKey: 'k7'}), IAM)).rejects.toMatchObject({
+      code: 'JOB_NOT_FOUND',
+    });
+  });
+
+  test('without an OpenAI key nothing is claimed or reserved', async () => {
+    const {provider, metadata, generator} = setUp();
+    provider.configured = false;
+    const requester: Requester = {kind: 'api-key', name: 'carol', dailyQuota: 5};
+    await expect(generator.generate(command({idempotencyKey: 'k8'}), requester)).rejects.toMatchObject({
+      code: 'SERVICE_ERROR',
+    });
+    expect(metadata.keys.size).toBe(0);
+    expect(metadata.quotas.size).toBe(0);
+  });
+});
+
+describe('daily quotas', () => {
+  test('a key with a quota is counted per UTC day; a failed generation gives its images back', async () => {
+    const {provider, metadata, generator} = setUp(() => new Date('2030-05-01T23:00:00Z'));
+    const carol: Requester = {kind: 'api-key', name: 'carol', dailyQuota: 3};
+    await generator.generate(command({count: 2}), carol);
+    provider.script.push({error: new AppError('UPSTREAM_ERROR', 'boom')});
+    await expect(generator.generate(command({count: 1}), carol)).rejects.toThrow('boom');
+    expect(metadata.quotas.get('carol/2030-05-01')).toBe(2);
+    const refused = await generator.generate(command({count: 2}), carol).catch((e: unknown) => e);
+    expect(refused).toMatchObject({code: 'QUOTA_EXCEEDED', details: {limit: 3, used: 2}});
+    // An hour to midnight UTC.
+    expect((refused as AppError).retryAfterSeconds).toBe(3600);
+    expect(provider.calls).toHaveLength(2);
+  });
+
+  test('callers without a quota, and IAM callers, are not counted', async () => {
+    const {metadata, generator} = setUp();
+    await generator.generate(command(), {kind: 'api-key', name: 'dave', dailyQuota: null});
+    await generator.generate(command(), IAM);
+    expect(metadata.quotas.size).toBe(0);
+  });
+});
+
+describe('decideClaim', () => {
+  const now = new Date('2030-01-01T00:00:00Z');
+  const record = (overrides = {}) => ({
+    fingerprint: 'f',
+    jobId: 'job-1',
+    leaseUntil: new Date(now.getTime() + MINUTE),
+    expiresAt: new Date(now.getTime() + 60 * MINUTE),
+    completed: false,
+    ...overrides,
+  });
+
+  test.each([
+    ['a new key', null, false, {}, {outcome: 'claimed', jobId: 'job-2', recovered: false}],
+    [
+      'an expired key',
+      record({expiresAt: now}),
+      true,
+      {},
+      {outcome: 'claimed', jobId: 'job-2', recovered: false},
+    ],
+    ['another fingerprint', record(), false, {fingerprint: 'g'}, {outcome: 'mismatch'}],
+    ['a completed key', record({completed: true}), false, {}, {outcome: 'completed', jobId: 'job-1'}],
+    ['a key whose job exists', record(), true, {}, {outcome: 'completed', jobId: 'job-1'}],
+    ['a running claim', record(), false, {}, {outcome: 'in_progress', leaseUntil: record().leaseUntil}],
+    [
+      'a lapsed claim',
+      record({leaseUntil: now}),
+      false,
+      {},
+      {outcome: 'claimed', jobId: 'job-1', recovered: true},
+    ],
+  ])('%s', (_name, existing, jobExists, claimOverrides, expected) => {
+    const {result} = decideClaim(existing, jobExists, record({jobId: 'job-2', ...claimOverrides}), now);
+    expect(result).toEqual(expected);
+  });
+});
