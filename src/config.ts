@@ -1,6 +1,6 @@
 import {z} from 'zod';
 import type {OpenAIProviderOptions} from './adapters/openai/provider';
-import {MODEL_IDS, type ModelId} from './core/models';
+import {CatalogueError, DEFAULT_MODEL_ID, ModelCatalogue} from './core/catalogue';
 
 /**
  * The one place that reads the environment. Everything else receives a
@@ -28,6 +28,27 @@ function intInRange(min: number, max: number, fallback: number) {
   });
 }
 
+/** A comma-separated list whose every entry matches `entry`; gives each entry's match. */
+function listOf(shape: string, entry: RegExp) {
+  return optionalText.transform((value, ctx) => {
+    const matches: RegExpExecArray[] = [];
+    for (const [position, item] of (value ?? '')
+      .split(',')
+      .map(e => e.trim())
+      .filter(Boolean)
+      .entries()) {
+      const match = entry.exec(item);
+      if (match) matches.push(match);
+      else
+        ctx.addIssue({
+          code: 'custom',
+          message: `entry ${position + 1} ('${item.slice(0, 80)}') must be ${shape}`,
+        });
+    }
+    return matches;
+  });
+}
+
 const booleanFlag = (fallback: boolean) =>
   optionalText.pipe(
     z
@@ -44,7 +65,17 @@ const EnvSchema = z.object({
   OPENAI_ORG_ID: optionalText,
   OPENAI_PROJECT: optionalText,
   OPENAI_BASE_URL: optionalUrl,
-  DEFAULT_MODEL: optionalText.pipe(z.enum(MODEL_IDS).optional().default('gpt-image-1.5')),
+  /** The model of requests that name none; checked against the catalogue below. */
+  DEFAULT_MODEL: optionalText.transform(v => v ?? DEFAULT_MODEL_ID),
+  /** `retired=replacement,...`: the model a retired model's requests run on, over OpenAI's recommendation. */
+  MODEL_ALIASES: listOf('retired=replacement', /^([a-z0-9][a-z0-9._-]{0,63})=([a-z0-9][a-z0-9._-]{0,63})$/),
+  /** `id[:like-model],...`: models OpenAI added after this release, with the rules of a known one. */
+  EXTRA_MODELS: listOf(
+    'id or id:like-model',
+    /^([a-z0-9][a-z0-9._-]{0,63})(?::([a-z0-9][a-z0-9._-]{0,63}))?$/,
+  ),
+  /** `replace` (default): run a retired model's requests on its replacement; `reject`: answer MODEL_RETIRED. */
+  RETIRED_MODELS: optionalText.pipe(z.enum(['replace', 'reject']).optional().default('replace')),
   GCS_BUCKET: optionalText.pipe(
     z
       .string()
@@ -123,7 +154,10 @@ export interface ApiKey {
 export interface Config {
   /** How to reach OpenAI: what the provider is built with, less what the composition root wires in. */
   openai: Omit<OpenAIProviderOptions, 'whileWaiting'>;
-  defaultModel: ModelId;
+  /** The model catalogue of this deployment (MODEL_ALIASES and EXTRA_MODELS applied). */
+  models: ModelCatalogue;
+  defaultModel: string;
+  retiredModels: 'replace' | 'reject';
   idempotency: {ttlMs: number; leaseMs: number};
   storage:
     | {
@@ -157,11 +191,44 @@ export class ConfigError extends Error {
   }
 }
 
+/**
+ * The catalogue this environment configures, and whether DEFAULT_MODEL is in
+ * it. Checked apart from the schema so that its problems are listed with
+ * every other bad variable.
+ */
+function catalogueOf(env: NodeJS.ProcessEnv): {models?: ModelCatalogue; problems: string[]} {
+  const aliases = EnvSchema.shape.MODEL_ALIASES.safeParse(env.MODEL_ALIASES);
+  const extras = EnvSchema.shape.EXTRA_MODELS.safeParse(env.EXTRA_MODELS);
+  const defaultModel = EnvSchema.shape.DEFAULT_MODEL.safeParse(env.DEFAULT_MODEL);
+  if (!aliases.success || !extras.success || !defaultModel.success) return {problems: []};
+  let models: ModelCatalogue;
+  try {
+    models = new ModelCatalogue({
+      aliases: Object.fromEntries(aliases.data.map(match => [match[1]!, match[2]!])),
+      extraModels: extras.data.map(match => ({id: match[1]!, like: match[2] ?? DEFAULT_MODEL_ID})),
+    });
+  } catch (error) {
+    if (error instanceof CatalogueError)
+      return {problems: [`MODEL_ALIASES or EXTRA_MODELS: ${error.message}`]};
+    throw error;
+  }
+  if (!models.get(defaultModel.data)) {
+    return {
+      problems: [`DEFAULT_MODEL: '${defaultModel.data}' is not a known model; add it with EXTRA_MODELS`],
+    };
+  }
+  return {models, problems: []};
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const parsed = EnvSchema.safeParse(env);
-  if (!parsed.success) {
-    throw new ConfigError(parsed.error.issues.map(issue => `${issue.path.join('.')}: ${issue.message}`));
-  }
+  const catalogue = catalogueOf(env);
+  const problems = [
+    ...(parsed.success ? [] : parsed.error.issues.map(issue => `${issue.path.join('.')}: ${issue.message}`)),
+    ...catalogue.problems,
+  ];
+  if (!parsed.success || !catalogue.models) throw new ConfigError(problems);
+  const models = catalogue.models;
   const e = parsed.data;
   const gcp = e.GCS_BUCKET !== undefined;
   const urlMode = e.URL_MODE ?? (gcp ? 'signed' : 'proxy');
@@ -180,7 +247,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxRetries: e.UPSTREAM_MAX_RETRIES,
       maxConcurrentDecodes: e.MAX_CONCURRENT_DECODES,
     },
+    models,
     defaultModel: e.DEFAULT_MODEL,
+    retiredModels: e.RETIRED_MODELS,
     idempotency: {
       ttlMs: e.IDEMPOTENCY_TTL_HOURS * 3600_000,
       // A run holds its key for as long as it may take, plus a margin for storing.

@@ -22,10 +22,14 @@ interface Stores {
  * instance. Cheap parts are built now; the stores (which in GCP mode load the
  * Google Cloud clients) and what depends on them, on first use.
  */
-export function createServices(
-  config: Config,
-  options: {logDestination?: DestinationStream} = {},
-): AppServices {
+export interface ServiceOptions {
+  logDestination?: DestinationStream;
+  /** The clock (tests move it across model shutdown dates). */
+  now?: () => Date;
+}
+
+export function createServices(config: Config, options: ServiceOptions = {}): AppServices {
+  const now = options.now ?? (() => new Date());
   let stores: Stores | undefined;
   const getStores = () => (stores ??= createStores(config));
   const codec = new HeaderImageCodec();
@@ -53,6 +57,7 @@ export function createServices(
 
   return {
     config,
+    now,
     logger: createLogger(config.log.level, options.logDestination),
     provider,
     storeKinds:
@@ -70,6 +75,7 @@ export function createServices(
         {
           provider,
           codec,
+          now,
           get objects() {
             return getStores().objects;
           },

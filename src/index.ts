@@ -1,12 +1,11 @@
 import './compile-cache';
 import * as functions from '@google-cloud/functions-framework';
 import type {Request, Response} from '@google-cloud/functions-framework';
-import type {DestinationStream} from 'pino';
 import {createApp} from './api/app';
 import {installFrameworkErrorHandler} from './api/framework-errors';
 import {sendError} from './api/responses';
 import {ConfigError, loadConfig} from './config';
-import {createServices} from './container';
+import {createServices, type ServiceOptions} from './container';
 import {AppError} from './core/errors';
 import {createLogger} from './logger';
 
@@ -22,7 +21,7 @@ export type Handler = (req: Request, res: Response) => Promise<void>;
  */
 export function createImageGenHandler(
   env: NodeJS.ProcessEnv = process.env,
-  options: {logDestination?: DestinationStream} = {},
+  options: ServiceOptions = {},
 ): Handler {
   let config;
   try {

@@ -18,6 +18,8 @@ export interface AppServices {
   readonly objects: ObjectStore;
   readonly metadata: MetadataStore;
   readonly generator: IdempotentGenerator;
+  /** The clock: what is retired, and quota days, depend on it. */
+  now: () => Date;
   /** What the stores are, known without building them. */
   storeKinds: {storage: 'local' | 'gcs'; metadata: 'local' | 'firestore'};
 }

@@ -1,10 +1,10 @@
 import {z} from 'zod';
 import {ERROR_CODES} from '../core/errors';
-import {MODEL_IDS} from '../core/models';
 import {
   JOB_STATUSES,
   JobFailureSchema,
   JobParametersSchema,
+  WarningSchema,
   type ImageRecord,
   type JobRecord,
 } from '../core/records';
@@ -16,18 +16,26 @@ import type {ImageLinker} from './urls';
  * from what is sent.
  */
 
+export const IMAGE_CONTENT_TYPES = [
+  'image/png',
+  'image/jpeg',
+  'image/webp',
+  'image/gif',
+  'image/svg+xml',
+] as const;
+
 export const ImageViewSchema = z
   .object({
     id: z.uuid(),
     url: z.string().describe('Absolute URL that serves the image (signed, public or through this function).'),
     url_expires_at: z.string().nullable().describe('When a signed URL stops working; null otherwise.'),
     gcs_uri: z.string().nullable().describe('gs://bucket/path in Cloud Storage mode; null otherwise.'),
-    content_type: z.enum(['image/png', 'image/jpeg', 'image/webp']),
+    content_type: z.enum(IMAGE_CONTENT_TYPES),
     bytes: z.int().nonnegative(),
     sha256: z.string().regex(/^[0-9a-f]{64}$/),
     width: z.int().positive(),
     height: z.int().positive(),
-    model: z.enum(MODEL_IDS),
+    model: z.string().describe('The model that made it.'),
     size: z.string(),
     prompt: z.string(),
     revised_prompt: z.string().nullable(),
@@ -41,6 +49,7 @@ export const JobViewSchema = z
     image_url: z.string().nullable().describe('URL of the first image; null once every image is deleted.'),
     images: z.array(ImageViewSchema),
     failures: z.array(JobFailureSchema),
+    warnings: z.array(WarningSchema).describe('How the request was run differently from how it was sent.'),
     usage: z
       .record(z.string(), z.unknown())
       .nullable()
@@ -114,6 +123,7 @@ export async function jobView(job: JobRecord, links: ImageLinker): Promise<JobVi
     image_url: images[0]?.url ?? null,
     images,
     failures: job.failures,
+    warnings: job.warnings,
     usage: job.usage,
     prompt: job.prompt,
     parameters: job.parameters,

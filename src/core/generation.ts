@@ -1,14 +1,17 @@
 import {z} from 'zod';
-import {validationError, zodProblems, type FieldProblem} from './errors';
+import type {ModelCatalogue} from './catalogue';
+import {AppError, validationError, zodProblems, type FieldProblem} from './errors';
 import {
+  BACKGROUNDS,
+  COMPLEXITIES,
   MAX_IMAGES_PER_REQUEST,
-  MODEL_IDS,
-  MODELS,
   OUTPUT_FORMATS,
   QUALITIES,
   STYLES,
   customSizeProblem,
-  type ModelId,
+  parseSize,
+  type ModelEntry,
+  type ModelRules,
 } from './models';
 
 /**
@@ -17,7 +20,8 @@ import {
  * the job, shown in responses and in the OpenAPI document) or in `jobFields`
  * (ours: how the job is run and kept). Everything else is derived from these
  * schemas; the OpenAI adapter checks at compile time that every upstream
- * parameter is one the SDK knows, with a type the SDK accepts.
+ * parameter is one the SDK knows, with a type the SDK accepts. Which model
+ * takes which value is the catalogue's business (models.ts).
  */
 
 /** Idempotency keys: what fits in an HTTP header without escaping. */
@@ -44,17 +48,45 @@ export const JobMetadataSchema = z
   .describe('String labels stored with the job, at most 20 keys.');
 
 const imageCount = z.int().min(1).max(MAX_IMAGES_PER_REQUEST);
+const endUserId = z.string().min(1).max(256);
 
-/** Parameters passed to OpenAI as they are. Per-model rules are in models.ts. */
+/** Parameters passed to OpenAI as they are. */
 export const UpstreamParametersSchema = z.object({
-  size: z.string().max(16).optional().describe('WIDTHxHEIGHT or `auto`, per model.'),
-  quality: z.enum(QUALITIES).optional().describe('Per model: low|medium|high|auto, standard|hd.'),
-  style: z.enum(STYLES).optional().describe('dall-e-3 only.'),
-  background: z.enum(['transparent', 'opaque', 'auto']).optional(),
-  output_format: z.enum(OUTPUT_FORMATS).optional(),
-  output_compression: z.int().min(0).max(100).optional(),
+  size: z.string().max(16).optional().describe('WIDTHxHEIGHT or `auto`; what each model takes: GET /models.'),
+  quality: z
+    .enum(QUALITIES)
+    .optional()
+    .describe('Per model (GET /models); standard and hd are dall-e-3 terms.'),
+  style: z.enum(STYLES).optional().describe('dall-e-3 only (retired): carried over as a warning.'),
+  background: z.enum(BACKGROUNDS).optional().describe('transparent needs output_format png or webp.'),
+  output_format: z
+    .enum(OUTPUT_FORMATS)
+    .optional()
+    .describe('gif and svg are previews OpenAI enables per project.'),
+  output_compression: z.int().min(0).max(100).optional().describe('0-100, jpeg and webp only.'),
   moderation: z.enum(['low', 'auto']).optional(),
-  user: z.string().min(1).max(256).optional().describe('End-user id passed to OpenAI.'),
+  complexity: z.enum(COMPLEXITIES).optional().describe('Planning effort, apart from rendering quality.'),
+  safety_identifier: endUserId
+    .optional()
+    .describe('A stable, hashed id of your end user, for OpenAI abuse checks.'),
+  frame_count: z.int().min(2).max(16).optional().describe('GIF frames, 2-16 (OpenAI defaults to 9).'),
+  frame_duration_ms: z
+    .int()
+    .min(1)
+    .max(655_350)
+    .optional()
+    .describe('Delay per GIF frame (OpenAI defaults to 200).'),
+  svg: z
+    .strictObject({
+      model: z.string().min(1).max(64).describe('The model that authors the SVG.'),
+      reasoning: z
+        .strictObject({
+          effort: z.enum(['none', 'minimal', 'low', 'medium', 'high', 'xhigh', 'max']).optional(),
+        })
+        .optional(),
+    })
+    .optional()
+    .describe('SVG output only, for projects with SVG model selection.'),
 });
 
 export type UpstreamParameters = z.output<typeof UpstreamParametersSchema>;
@@ -62,11 +94,12 @@ export const UPSTREAM_PARAMETER_NAMES = Object.keys(
   UpstreamParametersSchema.shape,
 ) as (keyof UpstreamParameters)[];
 
-/** How a job is run and kept: ours, never sent upstream. */
+/** How a job is run and kept: ours, never sent upstream as such. */
 const jobFields = {
   count: imageCount.optional().describe('Number of images, 1-10 (alias `n`).'),
   n: imageCount.optional().describe('Alias of `count`.'),
-  model: z.enum(MODEL_IDS).optional().describe('Image model; defaults to DEFAULT_MODEL.'),
+  model: z.string().max(64).optional().describe('Image model (GET /models); defaults to DEFAULT_MODEL.'),
+  user: endUserId.optional().describe('Deprecated alias of `safety_identifier`.'),
   metadata: JobMetadataSchema.optional(),
   allow_partial: z
     .boolean()
@@ -91,8 +124,10 @@ export interface GenerateRequest {
   prompt: string;
   count: number | undefined;
   n: number | undefined;
-  model: ModelId | undefined;
+  model: string | undefined;
   parameters: UpstreamParameters;
+  /** Sent as `user`, the deprecated name of safety_identifier. */
+  userAlias: boolean;
   metadata: Record<string, string>;
   allowPartial: boolean;
   idempotencyKey: string | undefined;
@@ -110,6 +145,9 @@ function toRequest(
   for (const key of UPSTREAM_PARAMETER_NAMES) {
     if (fields[key] !== undefined) (parameters as Record<string, unknown>)[key] = fields[key];
   }
+  // As OpenAI does: a non-empty safety_identifier wins over `user`.
+  const userAlias = parameters.safety_identifier === undefined && fields.user !== undefined;
+  if (userAlias) parameters.safety_identifier = fields.user;
   return {
     source,
     fieldPrefix,
@@ -118,6 +156,7 @@ function toRequest(
     n: fields.n,
     model: fields.model,
     parameters,
+    userAlias,
     metadata: fields.metadata ?? {},
     allowPartial: fields.allow_partial ?? false,
     idempotencyKey: fields.idempotency_key,
@@ -158,99 +197,343 @@ export function parseGenerateBody(body: unknown): GenerateRequest {
   return parsed.data;
 }
 
+export const WARNING_CODES = [
+  'MODEL_DEPRECATED',
+  'MODEL_REPLACED',
+  'PARAMETER_TRANSLATED',
+  'PARAMETER_DROPPED',
+  'PARAMETER_DEPRECATED',
+  'IMAGE_RESIZED',
+] as const;
+
+/** Something the caller should know about how the request was run; never a failure. */
+export interface GenerationWarning {
+  code: (typeof WARNING_CODES)[number];
+  message: string;
+  requested_model: string;
+  /** When OpenAI stops (or stopped) serving the requested model; null when none is announced. */
+  shutdown_date: string | null;
+  /** The model the images are made with. */
+  model: string;
+  field?: string;
+}
+
+/** How a job is run upstream: which model, with which parameters. */
+export interface RunPlan {
+  model: string;
+  /** Sent upstream as they are; `size` is always resolved. */
+  parameters: UpstreamParameters & {size: string};
+  /** Set when the model cannot make the size asked for: images are made at `size`, then resized to this. */
+  resizeTo: {width: number; height: number} | null;
+  /** Images one upstream call may make; the count is split into calls of at most this many. */
+  imagesPerCall: number;
+  warnings: GenerationWarning[];
+}
+
 /** A validated, fully resolved generation the use case can run as is. */
 export interface GenerateCommand {
   source: GenerateRequest['source'];
   prompt: string;
   count: number;
-  model: ModelId;
-  /** Sent upstream as they are; `size` is always resolved. */
-  parameters: UpstreamParameters & {size: string};
+  requestedModel: string;
+  /** The parameters as asked for (what makes two requests the same). */
+  requested: UpstreamParameters;
+  plan: RunPlan;
+  /** What to run instead if OpenAI says `plan.model` is gone (an early shutdown, a skewed clock). */
+  fallback: RunPlan | null;
   metadata: Record<string, string>;
   allowPartial: boolean;
   idempotencyKey?: string;
 }
 
-/**
- * Checks a request against its model's rules and resolves what it leaves
- * open. Every problem is reported, not just the first; nothing here costs an
- * upstream call.
- */
-export function planGeneration(request: GenerateRequest, defaultModel: ModelId): GenerateCommand {
+export interface PlanContext {
+  catalogue: ModelCatalogue;
+  defaultModel: string;
+  /** `reject`: a model past its shutdown is refused (MODEL_RETIRED) instead of replaced. */
+  retiredModels: 'replace' | 'reject';
+  /** Today, UTC (YYYY-MM-DD): what is retired depends on it. */
+  day: string;
+}
+
+const characters = (text: string) => [...text].length;
+
+/** Every problem of `parameters` against a model's rules, with fields named as the caller sent them. */
+export function ruleProblems(
+  modelId: string,
+  rules: ModelRules,
+  request: {prompt: string; parameters: UpstreamParameters},
+  field: (name: string) => string,
+  promptField: string,
+): FieldProblem[] {
   const problems: FieldProblem[] = [];
-  const field = (name: string) => `${request.fieldPrefix}${name}`;
-  const model = request.model ?? defaultModel;
-  const rules = MODELS[model];
-  const {parameters} = request;
+  const p = request.parameters;
+  const refuse = (name: keyof UpstreamParameters, message: string) =>
+    problems.push({field: field(name), message});
+  const notTaken = (name: keyof UpstreamParameters) => refuse(name, `${modelId} does not take ${name}`);
+  const oneOf = (name: keyof UpstreamParameters, value: unknown, allowed: readonly string[]) => {
+    if (value === undefined) return;
+    if (allowed.length === 0) notTaken(name);
+    else if (!allowed.includes(value as string)) {
+      refuse(name, `'${String(value)}' is invalid for ${modelId}; allowed: ${allowed.join(', ')}`);
+    }
+  };
 
-  if (request.count !== undefined && request.n !== undefined && request.count !== request.n) {
-    problems.push({field: field('count'), message: '`count` and `n` disagree; send one of them'});
-  }
-
-  if (request.prompt.length > rules.maxPromptChars) {
+  const length = characters(request.prompt);
+  if (length > rules.maxPromptChars) {
     problems.push({
-      field: field(request.source === 'legacy' ? 'prompt_image' : 'prompt'),
-      message: `is ${request.prompt.length} characters; ${model} accepts at most ${rules.maxPromptChars}`,
+      field: promptField,
+      message: `is ${length} characters; ${modelId} accepts at most ${rules.maxPromptChars}`,
     });
   }
-
-  const size = parameters.size ?? rules.defaultSize;
-  if (!rules.sizes.includes(size)) {
-    const reason = rules.customSizes ? customSizeProblem(size) : 'not supported';
+  if (p.size !== undefined && !rules.sizes.includes(p.size)) {
+    const reason = rules.customSizes ? customSizeProblem(p.size, rules.customSizes) : 'not supported';
     if (reason !== null) {
       const custom = rules.customSizes ? ' or a custom WIDTHxHEIGHT' : '';
-      problems.push({
-        field: field('size'),
-        message: `'${size}' is invalid for ${model} (${reason}); allowed: ${rules.sizes.join(', ')}${custom}`,
-      });
+      refuse(
+        'size',
+        `'${p.size}' is invalid for ${modelId} (${reason}); allowed: ${rules.sizes.join(', ')}${custom}`,
+      );
     }
   }
+  oneOf('quality', p.quality, rules.qualities);
+  oneOf('style', p.style, rules.styles);
+  oneOf('background', p.background, rules.backgrounds);
+  oneOf('output_format', p.output_format, rules.outputFormats);
+  if (p.moderation !== undefined && !rules.moderation) notTaken('moderation');
+  if (p.complexity !== undefined && !rules.complexity) notTaken('complexity');
 
-  if (parameters.quality !== undefined && !rules.qualities.includes(parameters.quality)) {
-    problems.push({
-      field: field('quality'),
-      message: `'${parameters.quality}' is invalid for ${model}; allowed: ${rules.qualities.join(', ')}`,
-    });
+  const format = p.output_format ?? 'png';
+  if (p.output_compression !== undefined) {
+    if (!rules.compression) notTaken('output_compression');
+    else if (format !== 'jpeg' && format !== 'webp')
+      refuse('output_compression', 'only applies to output_format jpeg or webp');
   }
-
-  if (parameters.style !== undefined && !rules.styles.includes(parameters.style)) {
-    problems.push({
-      field: field('style'),
-      message:
-        rules.styles.length === 0
-          ? `${model} does not take a style`
-          : `'${parameters.style}' is invalid for ${model}; allowed: ${rules.styles.join(', ')}`,
-    });
+  if (p.background === 'transparent' && format !== 'png' && format !== 'webp') {
+    refuse('background', 'transparent needs output_format png or webp');
   }
-
-  if (rules.family !== 'gpt-image') {
-    for (const name of ['background', 'output_format', 'output_compression', 'moderation'] as const) {
-      if (parameters[name] !== undefined) {
-        problems.push({field: field(name), message: `only GPT image models take ${name}; ${model} does not`});
-      }
-    }
-  } else {
-    const format = parameters.output_format ?? 'png';
-    if (parameters.output_compression !== undefined && format === 'png') {
-      problems.push({
-        field: field('output_compression'),
-        message: 'only applies to output_format jpeg or webp',
-      });
-    }
-    if (parameters.background === 'transparent' && format === 'jpeg') {
-      problems.push({field: field('background'), message: 'transparent needs output_format png or webp'});
-    }
+  for (const name of ['frame_count', 'frame_duration_ms'] as const) {
+    if (p[name] !== undefined && format !== 'gif') refuse(name, 'only applies to output_format gif');
   }
+  if (p.svg !== undefined && format !== 'svg') refuse('svg', 'only applies to output_format svg');
+  return problems;
+}
 
+/** Images per upstream call: SVG is made one image per call. */
+export function imagesPerCall(rules: ModelRules, parameters: UpstreamParameters): number {
+  return parameters.output_format === 'svg' ? 1 : rules.maxImagesPerCall;
+}
+
+/**
+ * Checks a request against its model's rules and resolves what it leaves
+ * open. A model past its shutdown is run on its replacement, with the
+ * request's parameters translated and a warning for each change. Every
+ * problem is reported, not just the first; nothing here costs an upstream call.
+ */
+export function planGeneration(request: GenerateRequest, context: PlanContext): GenerateCommand {
+  const {catalogue, day} = context;
+  const field = (name: string) => `${request.fieldPrefix}${name}`;
+  const promptField = field(request.source === 'legacy' ? 'prompt_image' : 'prompt');
+  const requestedModel = request.model ?? context.defaultModel;
+  const entry = catalogue.get(requestedModel);
+  if (!entry) {
+    throw validationError([
+      {
+        field: field('model'),
+        message: `'${requestedModel}' is not a known model; allowed: ${catalogue.liveIds(day).join(', ')}`,
+      },
+    ]);
+  }
+  const problems = ruleProblems(entry.id, entry.rules, request, field, promptField);
+  if (request.count !== undefined && request.n !== undefined && request.count !== request.n) {
+    problems.unshift({field: field('count'), message: '`count` and `n` disagree; send one of them'});
+  }
   if (problems.length > 0) throw validationError(problems);
+
+  const status = catalogue.status(entry.id, day);
+  const successor = catalogue.successor(entry.id, day);
+  // What callers got before sizes were optional upstream; every model makes it.
+  const size = request.parameters.size ?? '1024x1024';
+  const base: RunPlan = {
+    model: entry.id,
+    parameters: {...request.parameters, size},
+    resizeTo: null,
+    imagesPerCall: imagesPerCall(entry.rules, request.parameters),
+    warnings: [],
+  };
+  if (request.userAlias) {
+    base.warnings.push(
+      warning(
+        entry,
+        entry.id,
+        'PARAMETER_DEPRECATED',
+        field('user'),
+        '`user` is deprecated; send `safety_identifier`',
+      ),
+    );
+  }
+  let plan: RunPlan;
+  let fallback: RunPlan | null = null;
+  if (status === 'retired') {
+    if (!successor || context.retiredModels === 'reject') {
+      throw new AppError(
+        'MODEL_RETIRED',
+        `${entry.id} was shut down on ${entry.shutdownDate}` +
+          (successor ? `; use ${successor.id}` : '; choose another model (GET /models)'),
+        {
+          details: {
+            fields: [{field: field('model'), message: 'retired'}],
+            replacement: successor?.id ?? null,
+          },
+        },
+      );
+    }
+    plan = translate(entry, successor, base, field);
+  } else {
+    const deprecated =
+      status === 'deprecated'
+        ? [
+            warning(
+              entry,
+              entry.id,
+              'MODEL_DEPRECATED',
+              field('model'),
+              `${entry.id} shuts down on ${entry.shutdownDate}` +
+                (successor ? `; move to ${successor.id}` : ''),
+            ),
+          ]
+        : [];
+    plan = {...base, warnings: [...deprecated, ...base.warnings]};
+    // A model OpenAI withdraws early still runs, on its replacement (see the use case).
+    if (successor) fallback = translate(entry, successor, base, field);
+  }
   return {
     source: request.source,
     prompt: request.prompt,
     count: request.count ?? request.n ?? 1,
-    model,
-    parameters: {...parameters, size},
+    requestedModel: entry.id,
+    requested: request.parameters,
+    plan,
+    fallback,
     metadata: request.metadata,
     allowPartial: request.allowPartial,
     ...(request.idempotencyKey !== undefined ? {idempotencyKey: request.idempotencyKey} : {}),
   };
+}
+
+function warning(
+  requested: ModelEntry,
+  model: string,
+  code: GenerationWarning['code'],
+  field: string,
+  message: string,
+): GenerationWarning {
+  return {code, message, requested_model: requested.id, shutdown_date: requested.shutdownDate, model, field};
+}
+
+/**
+ * The plan of `requested` carried over to `target`: legacy qualities in the
+ * target's terms, what it cannot take dropped, a size it cannot make made at
+ * its nearest size and resized. Each change is a warning.
+ */
+export function translate(
+  requested: ModelEntry,
+  target: ModelEntry,
+  base: RunPlan,
+  field: (name: string) => string,
+): RunPlan {
+  const rules = target.rules;
+  const note = (code: GenerationWarning['code'], name: string, message: string) =>
+    warnings.push(warning(requested, target.id, code, field(name), message));
+  const warnings: GenerationWarning[] = [
+    ...base.warnings.map(w => ({...w, model: target.id})),
+    warning(
+      requested,
+      target.id,
+      'MODEL_REPLACED',
+      field('model'),
+      `${requested.id} is shut down; the images are made with ${target.id}`,
+    ),
+  ];
+  const parameters: UpstreamParameters & {size: string} = {...base.parameters};
+
+  if (requested.legacy) {
+    const asked = parameters.quality;
+    const quality = asked === undefined ? requested.legacy.defaultQuality : requested.legacy.qualities[asked];
+    if (quality !== undefined) parameters.quality = quality;
+    if (asked !== undefined && quality !== asked) {
+      note(
+        'PARAMETER_TRANSLATED',
+        'quality',
+        `quality '${asked}' of ${requested.id} is '${quality}' on ${target.id}`,
+      );
+    }
+  }
+  const dropIf = (name: keyof UpstreamParameters, taken: boolean) => {
+    if (parameters[name] === undefined || taken) return;
+    note(
+      'PARAMETER_DROPPED',
+      name,
+      `${target.id} does not take ${name} '${JSON.stringify(parameters[name])}'; describe it in the prompt instead`,
+    );
+    delete parameters[name];
+  };
+  const has = <T>(values: readonly T[], value: T | undefined) =>
+    value !== undefined && values.includes(value);
+  dropIf('style', has(rules.styles, parameters.style));
+  dropIf('quality', has(rules.qualities, parameters.quality));
+  dropIf('background', has(rules.backgrounds, parameters.background));
+  dropIf('output_format', has(rules.outputFormats, parameters.output_format));
+  dropIf('moderation', rules.moderation);
+  dropIf('complexity', rules.complexity);
+  const format = parameters.output_format ?? 'png';
+  dropIf('output_compression', rules.compression && (format === 'jpeg' || format === 'webp'));
+  dropIf('frame_count', format === 'gif');
+  dropIf('frame_duration_ms', format === 'gif');
+  dropIf('svg', format === 'svg');
+
+  let resizeTo: RunPlan['resizeTo'] = null;
+  const size = parameters.size;
+  const takesSize =
+    rules.sizes.includes(size) ||
+    (rules.customSizes !== null && customSizeProblem(size, rules.customSizes) === null);
+  if (!takesSize) {
+    const wanted = parseSize(size);
+    const nearest = wanted ? nearestSize(rules, wanted) : null;
+    if (wanted && nearest) {
+      parameters.size = nearest;
+      resizeTo = wanted;
+      note(
+        'IMAGE_RESIZED',
+        'size',
+        `${target.id} cannot make ${size}: made at ${nearest}, then resized to ${size}`,
+      );
+    } else {
+      note(
+        'PARAMETER_DROPPED',
+        'size',
+        `${target.id} does not take size '${size}'; it sizes the image itself`,
+      );
+      parameters.size = 'auto';
+    }
+  }
+  return {model: target.id, parameters, resizeTo, imagesPerCall: imagesPerCall(rules, parameters), warnings};
+}
+
+/** The model's named size closest in shape to `wanted`, the smallest of those that are not smaller. */
+function nearestSize(rules: ModelRules, wanted: {width: number; height: number}): string | null {
+  const aspect = Math.log(wanted.width / wanted.height);
+  const candidates = rules.sizes.flatMap(size => {
+    const dimensions = parseSize(size);
+    return dimensions ? [{size, ...dimensions}] : [];
+  });
+  candidates.sort((a, b) => {
+    const shape =
+      Math.abs(Math.log(a.width / a.height) - aspect) - Math.abs(Math.log(b.width / b.height) - aspect);
+    if (Math.abs(shape) > 1e-9) return shape;
+    const aCovers = a.width >= wanted.width && a.height >= wanted.height;
+    const bCovers = b.width >= wanted.width && b.height >= wanted.height;
+    if (aCovers !== bCovers) return aCovers ? -1 : 1;
+    return a.width * a.height - b.width * b.height;
+  });
+  return candidates[0]?.size ?? null;
 }

@@ -1,11 +1,10 @@
 import type {Readable} from 'node:stream';
 import type {UpstreamParameters} from './generation';
-import type {ModelId} from './models';
 import type {ImageRecord, JobRecord, JobStatus, Usage} from './records';
 
 /** One upstream call: at most the model's per-call image limit. */
 export interface UpstreamRequest {
-  model: ModelId;
+  model: string;
   prompt: string;
   n: number;
   parameters: UpstreamParameters;
@@ -51,6 +50,8 @@ export interface ImageInfo {
 export interface ImageCodec {
   /** Null for anything that is not an image format we store. */
   inspect(data: Buffer, knownSha256?: string): ImageInfo | null;
+  /** The image at exactly this size (cropped to its shape if need be), in its own format. */
+  resize(data: Buffer, size: {width: number; height: number}): Promise<Buffer>;
 }
 
 /** Bytes by path. Paths are built by the use cases, never from caller input. */

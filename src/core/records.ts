@@ -1,7 +1,7 @@
 import {z} from 'zod';
 import {ERROR_CODES} from './errors';
-import {UpstreamParametersSchema} from './generation';
-import {MAX_IMAGES_PER_REQUEST, MODEL_IDS, type ModelId} from './models';
+import {UpstreamParametersSchema, WARNING_CODES, type GenerationWarning} from './generation';
+import {MAX_IMAGES_PER_REQUEST} from './models';
 
 /** Token usage exactly as OpenAI reports it (GPT image models), or null. */
 export type Usage = Record<string, unknown> | null;
@@ -18,7 +18,8 @@ export interface ImageRecord {
   sha256: string;
   width: number;
   height: number;
-  model: ModelId;
+  /** The model that made it. */
+  model: string;
   size: string;
   prompt: string;
   revised_prompt: string | null;
@@ -60,7 +61,8 @@ function storedParameters<S extends z.ZodRawShape>(shape: S): Stored<S> {
 export const JobParametersSchema = z
   .object({
     count: z.int().min(1).max(MAX_IMAGES_PER_REQUEST),
-    model: z.enum(MODEL_IDS),
+    requested_model: z.string().describe('The model the request named (or DEFAULT_MODEL).'),
+    model: z.string().describe('The model the images were made with; see `warnings` when it differs.'),
     ...storedParameters(UpstreamParametersSchema.shape),
     size: z.string(),
     allow_partial: z.boolean(),
@@ -68,6 +70,20 @@ export const JobParametersSchema = z
   .meta({id: 'JobParameters'});
 
 export type JobParameters = z.infer<typeof JobParametersSchema>;
+
+export const WarningSchema = z
+  .object({
+    code: z.enum(WARNING_CODES),
+    message: z.string(),
+    requested_model: z.string(),
+    shutdown_date: z.string().nullable(),
+    model: z.string(),
+    field: z.string().optional(),
+  })
+  .meta({
+    id: 'Warning',
+    description: 'How the request was run differently from how it was sent; never a failure.',
+  });
 
 export interface JobRecord {
   id: string;
@@ -80,6 +96,7 @@ export interface JobRecord {
   /** Kept in the job as well as under their own ids, so a job is one read. */
   images: ImageRecord[];
   failures: JobFailure[];
+  warnings: GenerationWarning[];
   created_at: string;
   updated_at: string;
   completed_at: string | null;

@@ -75,7 +75,7 @@ describe('the compiled function under the Functions Framework CLI', () => {
       const response = await fetch(`${fn.url}/generate`, {
         method: 'POST',
         headers: {'content-type': 'application/json'},
-        body: JSON.stringify({prompt: 'nowhere to record', count: 2, model: 'dall-e-2', size: '256x256'}),
+        body: JSON.stringify({prompt: 'nowhere to record', count: 2}),
       });
       expect(response.status).toBe(503);
       expect(((await response.json()) as {code: string}).code).toBe('STORAGE_ERROR');

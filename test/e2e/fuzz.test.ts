@@ -1,6 +1,8 @@
 import fc from 'fast-check';
 import {ERROR_CODES} from '../../src/core/errors';
-import {MODEL_IDS, MODELS} from '../../src/core/models';
+import {MODEL_CATALOGUE} from '../../src/core/models';
+
+const MODEL_IDS = MODEL_CATALOGUE.map(entry => entry.id);
 import {useFunctionWithFakeOpenAI} from '../support/function-server';
 import {useTempDir} from '../support/temp-dir';
 
@@ -39,13 +41,16 @@ const richBody = fc.record(
         '999x999',
       ),
     ),
-    quality: field(fc.constantFrom('low', 'medium', 'high', 'auto', 'standard', 'hd')),
+    quality: field(fc.constantFrom('low', 'medium', 'high', 'xhigh', 'max', 'auto', 'standard', 'hd')),
     style: field(fc.constantFrom('vivid', 'natural')),
     background: field(fc.constantFrom('transparent', 'opaque', 'auto')),
-    output_format: field(fc.constantFrom('png', 'jpeg', 'webp')),
+    output_format: field(fc.constantFrom('png', 'jpeg', 'webp', 'gif', 'svg')),
     output_compression: field(fc.integer({min: -1, max: 101})),
     moderation: field(fc.constantFrom('low', 'auto')),
+    complexity: field(fc.constantFrom('low', 'medium', 'high')),
+    frame_count: field(fc.integer({min: 1, max: 17})),
     user: field(fc.string({maxLength: 10})),
+    safety_identifier: field(fc.string({maxLength: 10})),
     metadata: field(fc.dictionary(fc.string({maxLength: 8}), fc.string({maxLength: 8}), {maxKeys: 4})),
     allow_partial: field(fc.boolean()),
     unexpected: fc.option(anyJson, {nil: undefined}),
@@ -54,8 +59,7 @@ const richBody = fc.record(
 );
 
 /** Requests valid by construction, so the success path runs under the same property. */
-const validBody = fc.constantFrom(...MODEL_IDS).chain(model => {
-  const rules = MODELS[model];
+const validBody = fc.constantFrom(...MODEL_CATALOGUE).chain(({id: model, rules}) => {
   return fc.record(
     {
       prompt: fc
@@ -64,7 +68,7 @@ const validBody = fc.constantFrom(...MODEL_IDS).chain(model => {
       count: fc.integer({min: 1, max: 3}),
       model: fc.constant(model),
       size: fc.constantFrom(
-        ...rules.sizes.filter(size => size === 'auto' || Number(size.split('x')[0]) <= 1536),
+        ...rules.sizes.filter((size: string) => size === 'auto' || Number(size.split('x')[0]) <= 1536),
       ),
       quality: fc.constantFrom(...rules.qualities),
       metadata: fc.dictionary(fc.stringMatching(/^[a-z]{1,8}$/), fc.string({maxLength: 8}), {maxKeys: 3}),

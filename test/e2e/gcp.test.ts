@@ -65,7 +65,7 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
         sha256: image.sha256,
         job_id: body.job_id,
         image_id: image.id,
-        model: 'gpt-image-1.5',
+        model: 'gpt-image-2.6-sunburst',
       });
       expect(createHash('sha256').update(object!.data).digest('hex')).toBe(image.sha256);
 
@@ -109,8 +109,6 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
       const {status, body} = await postJson(`${fn.url}/generate`, {
         prompt: 'three',
         count: 3,
-        model: 'dall-e-2',
-        size: '256x256',
       });
       gcs.clearFaults();
       expect([status, body.code]).toEqual([503, 'STORAGE_ERROR']);
@@ -123,7 +121,7 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
       const {status, body} = await postJson(`${fn.url}/generate`, {
         prompt: 'parts',
         count: 3,
-        model: 'dall-e-3',
+        output_format: 'svg',
         allow_partial: true,
       });
       expect(status).toBe(200);
@@ -147,8 +145,6 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
       const {body} = await postJson(`${fn.url}/generate`, {
         prompt: 'delete under faults',
         count: 3,
-        model: 'dall-e-2',
-        size: '256x256',
       });
       const jobId = body.job_id;
       // The second image's object cannot be deleted.
@@ -176,8 +172,6 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
     test('an image whose object cannot be deleted keeps its record', async () => {
       const {body} = await postJson(`${fn.url}/generate`, {
         prompt: 'keep me',
-        model: 'dall-e-2',
-        size: '256x256',
       });
       const image = body.images[0];
       gcs.injectFault({op: 'delete', status: 503}, {probability: 1});
@@ -228,8 +222,6 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
     try {
       const {body} = await postJson(`${fn.url}/generate`, {
         prompt: 'public',
-        model: 'dall-e-2',
-        size: '256x256',
       });
       const image = body.images[0];
       expect(image.url).toBe(`${base}images/${body.job_id}/000-${image.id}.png`);

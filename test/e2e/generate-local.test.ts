@@ -53,7 +53,7 @@ describe('imageGen end to end, local store', () => {
       content_type: 'image/png',
       width: 1024,
       height: 1024,
-      model: 'gpt-image-1.5',
+      model: 'gpt-image-2.6-sunburst',
       size: '1024x1024',
       prompt: 'Image of a sunset over mountains',
       revised_prompt: null,
@@ -81,7 +81,7 @@ describe('imageGen end to end, local store', () => {
     const {status, body} = await postJson(`${fn.url}/generate`, {
       prompt: 'three foxes',
       count: 3,
-      model: 'gpt-image-1',
+      model: 'gpt-image-2.5-flare',
       size: '1536x1024',
       quality: 'low',
       output_format: 'webp',
@@ -98,7 +98,7 @@ describe('imageGen end to end, local store', () => {
     expect(body.metadata).toEqual({order: 'A-17'});
     expect(body.parameters).toMatchObject({
       count: 3,
-      model: 'gpt-image-1',
+      model: 'gpt-image-2.5-flare',
       size: '1536x1024',
       quality: 'low',
       output_format: 'webp',
@@ -107,7 +107,7 @@ describe('imageGen end to end, local store', () => {
     // count 3 fits in one call for GPT image models.
     expect(openai.requests).toHaveLength(1);
     expect(openai.requests[0]!.body).toMatchObject({
-      model: 'gpt-image-1',
+      model: 'gpt-image-2.5-flare',
       n: 3,
       size: '1536x1024',
       output_format: 'webp',
@@ -125,7 +125,7 @@ describe('imageGen end to end, local store', () => {
     }
   });
 
-  test('dall-e-3 count=4 is split into four parallel one-image calls', async () => {
+  test('SVG count=4 is split into four parallel one-image calls', async () => {
     // The first call hangs. Sequential calls would never send the other three;
     // parallel calls send all four, and the job then fails on the deadline
     // with every stored image removed again.
@@ -133,7 +133,7 @@ describe('imageGen end to end, local store', () => {
     const {status, body} = await postJson(`${fn.url}/generate`, {
       prompt: 'four cats',
       count: 4,
-      model: 'dall-e-3',
+      output_format: 'svg',
     });
     expect(openai.requests.filter(r => r.path === '/v1/images/generations')).toHaveLength(4);
     expect(openai.requests.every(r => (r.body as {n: number}).n === 1)).toBe(true);
@@ -148,34 +148,32 @@ describe('imageGen end to end, local store', () => {
     );
   }, 20_000);
 
-  test('dall-e-3 returns the revised prompt and no usage', async () => {
-    const {status, body} = await postJson(`${fn.url}/generate`, {
-      prompt: 'a lighthouse',
-      count: 2,
-      model: 'dall-e-3',
-      quality: 'hd',
-      style: 'natural',
+  test('SVG and GIF images are stored and served with their own content types', async () => {
+    const svg = await postJson(`${fn.url}/generate`, {prompt: 'a logo', output_format: 'svg'});
+    expect([svg.status, svg.body.images[0].content_type]).toEqual([200, 'image/svg+xml']);
+    const served = await fetch(svg.body.image_url);
+    expect(served.headers.get('content-type')).toBe('image/svg+xml');
+    expect(await served.text()).toMatch(/^<\?xml|^<svg/);
+    const gif = await postJson(`${fn.url}/generate`, {
+      prompt: 'a spinner',
+      output_format: 'gif',
+      frame_count: 3,
     });
-    expect(status).toBe(200);
-    expect(body.usage).toBeNull();
-    expect(body.images).toHaveLength(2);
-    for (const image of body.images) expect(typeof image.revised_prompt).toBe('string');
-    expect(openai.requests.map(r => r.body)).toEqual([
-      expect.objectContaining({
-        model: 'dall-e-3',
-        n: 1,
-        quality: 'hd',
-        style: 'natural',
-        response_format: 'b64_json',
-      }),
-      expect.objectContaining({
-        model: 'dall-e-3',
-        n: 1,
-        quality: 'hd',
-        style: 'natural',
-        response_format: 'b64_json',
-      }),
-    ]);
+    expect([gif.status, gif.body.images[0].content_type]).toEqual([200, 'image/gif']);
+    const frames = await sharp(Buffer.from(await (await fetch(gif.body.image_url)).arrayBuffer())).metadata();
+    expect([frames.format, frames.pages]).toEqual(['gif', 3]);
+    expect(openai.requests.at(-1)!.body).toMatchObject({output_format: 'gif', frame_count: 3});
+  });
+
+  test('a served SVG can never run script in the function origin', async () => {
+    const {body} = await postJson(`${fn.url}/generate`, {prompt: 'an icon', output_format: 'svg'});
+    for (const method of ['GET', 'HEAD']) {
+      const served = await fetch(body.image_url, {method});
+      expect(served.headers.get('content-security-policy')).toBe(
+        "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+      );
+      expect(served.headers.get('x-content-type-options')).toBe('nosniff');
+    }
   });
 
   test('a refused prompt in a multi-call job leaves no object and no record behind', async () => {
@@ -186,7 +184,7 @@ describe('imageGen end to end, local store', () => {
     const {status, body} = await postJson(`${fn.url}/generate`, {
       prompt: 'three dogs',
       count: 3,
-      model: 'dall-e-3',
+      output_format: 'svg',
     });
     expect(status).toBe(400);
     expect(body.code).toBe('CONTENT_POLICY_VIOLATION');
@@ -198,7 +196,7 @@ describe('imageGen end to end, local store', () => {
   test('GPT image moderation refusals are CONTENT_POLICY_VIOLATION too', async () => {
     const {status, body} = await postJson(`${fn.url}/generate`, {
       prompt: 'x [[content-policy]]',
-      model: 'gpt-image-1',
+      model: 'gpt-image-2',
     });
     expect([status, body.code]).toEqual([400, 'CONTENT_POLICY_VIOLATION']);
   });
@@ -244,13 +242,13 @@ describe('imageGen end to end, local store', () => {
   test('validation errors name the field and the allowed values, before any upstream call', async () => {
     const {status, body} = await postJson(`${fn.url}/generate`, {
       prompt: 'x',
-      model: 'dall-e-2',
-      size: '1536x1024',
+      model: 'gpt-image-2.6-flare',
+      size: '1536x864',
     });
     expect(status).toBe(400);
     expect(body.code).toBe('VALIDATION_ERROR');
     expect(body.error).toBe(
-      "size: '1536x1024' is invalid for dall-e-2 (not supported); allowed: 256x256, 512x512, 1024x1024",
+      "size: '1536x864' is invalid for gpt-image-2.6-flare (not supported); allowed: 1024x1024, 1536x1024, 1024x1536, auto",
     );
     expect(openai.requests).toHaveLength(0);
   });
@@ -303,7 +301,7 @@ describe('imageGen end to end, local store', () => {
       timestamp: expect.any(String),
       storage: {kind: 'local'},
       metadata: {kind: 'local'},
-      default_model: 'gpt-image-1.5',
+      default_model: 'gpt-image-2.6-sunburst',
     });
     const ready = await getJson(`${fn.url}/ready`);
     expect(ready.status).toBe(200);
@@ -313,7 +311,7 @@ describe('imageGen end to end, local store', () => {
       timestamp: expect.any(String),
       storage: {kind: 'local', ok: true},
       metadata: {kind: 'local', ok: true},
-      default_model: 'gpt-image-1.5',
+      default_model: 'gpt-image-2.6-sunburst',
     });
   });
 

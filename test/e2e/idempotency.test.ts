@@ -25,7 +25,6 @@ describe('idempotent generation', () => {
       OPENAI_BASE_URL: openai.url,
       DATA_DIR: dataDir(),
       UPSTREAM_MAX_RETRIES: '0',
-      DEFAULT_MODEL: 'dall-e-2',
     };
     fn = await startFunction(env);
     // A second instance over the same data, as Cloud Run would run side by side.
@@ -39,7 +38,7 @@ describe('idempotent generation', () => {
   });
   beforeEach(() => openai.reset());
 
-  const body = (prompt: string) => ({prompt, size: '256x256'});
+  const body = (prompt: string) => ({prompt});
 
   test('a retried request gets the stored job and OpenAI is called once', async () => {
     const key = randomUUID();
@@ -87,7 +86,7 @@ describe('idempotent generation', () => {
     const key = randomUUID();
     const first = await postJson(`${fn.url}/generate`, {...body('in body'), idempotency_key: key});
     const second = await postJson(`${fn.url}/`, {
-      input: {body: {prompt_image: 'in body', size: '256x256', idempotency_key: key}},
+      input: {body: {prompt_image: 'in body', idempotency_key: key}},
     });
     expect(second.body.job_id).toBe(first.body.job_id);
     expect(generations(openai)).toBe(1);

@@ -13,11 +13,10 @@ describe('upstream faults', () => {
   const dataDir = useTempDir();
   const ctx = useFunctionWithFakeOpenAI(() => ({
     DATA_DIR: dataDir(),
-    DEFAULT_MODEL: 'dall-e-2',
     UPSTREAM_MAX_RETRIES: '2',
   }));
 
-  const small = {prompt: 'retry', size: '256x256'};
+  const small = {prompt: 'retry'};
 
   test.each([
     [{kind: 'server_error', status: 503} as const],

@@ -42,7 +42,7 @@ export function resourceSuite(name: string, backend: Backend): void {
     }
 
     async function generate(body: Record<string, unknown>) {
-      const result = await call('POST', '/generate', {model: 'dall-e-2', size: '256x256', ...body});
+      const result = await call('POST', '/generate', body);
       expect(result.status).toBe(200);
       return result.body;
     }
@@ -69,7 +69,12 @@ export function resourceSuite(name: string, backend: Backend): void {
         status: 'completed',
         prompt: 'a job to read',
         metadata: {case: 'read'},
-        parameters: {count: 2, model: 'dall-e-2', size: '256x256'},
+        parameters: {
+          count: 2,
+          requested_model: 'gpt-image-2.6-sunburst',
+          model: 'gpt-image-2.6-sunburst',
+          size: '1024x1024',
+        },
       });
       expect(read.body.images.map((i: {id: string; sha256: string}) => [i.id, i.sha256])).toEqual(
         job.images.map((i: {id: string; sha256: string}) => [i.id, i.sha256]),
@@ -179,6 +184,7 @@ export function resourceSuite(name: string, backend: Backend): void {
         '/images/{id}/url',
         '/jobs',
         '/jobs/{id}',
+        '/models',
         '/openapi.json',
         '/ready',
       ]);
@@ -193,6 +199,50 @@ export function resourceSuite(name: string, backend: Backend): void {
           'METHOD_NOT_ALLOWED',
         ]),
       );
+    });
+
+    test('GET /models gives each model its status for the day, its replacement and its rules', async () => {
+      const {status, body} = await call('GET', '/models');
+      expect(status).toBe(200);
+      expect(body.default_model).toBe('gpt-image-2.6-sunburst');
+      const byId = new Map(body.models.map((model: {id: string}) => [model.id, model]));
+      for (const model of body.models as {status: string; shutdown_date: string | null}[]) {
+        const expected =
+          model.shutdown_date === null
+            ? 'active'
+            : body.date >= model.shutdown_date
+              ? 'retired'
+              : 'deprecated';
+        expect(model.status).toBe(expected);
+      }
+      expect(byId.get('dall-e-3')).toMatchObject({
+        status: 'retired',
+        shutdown_date: '2026-05-12',
+        replacement: 'gpt-image-2.5-sunburst',
+        rules: {
+          sizes: ['1024x1024', '1792x1024', '1024x1792'],
+          qualities: ['standard', 'hd'],
+          styles: ['vivid', 'natural'],
+        },
+      });
+      expect(byId.get('gpt-image-2.5-flare')).toMatchObject({
+        status: 'active',
+        replacement: null,
+        default: false,
+        rules: {
+          qualities: ['low', 'medium', 'high', 'xhigh', 'max', 'auto'],
+          custom_sizes: {
+            multiple: 16,
+            max_edge: 3840,
+            max_pixels: 8294400,
+            min_pixels: 655360,
+            max_aspect_ratio: 3,
+          },
+          output_formats: ['png', 'jpeg', 'webp', 'gif', 'svg'],
+          markup: true,
+        },
+      });
+      expect(byId.get('gpt-image-2.6-sunburst')).toMatchObject({default: true, rules: {custom_sizes: null}});
     });
 
     test('unknown routes and wrong methods are documented errors', async () => {

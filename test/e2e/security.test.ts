@@ -10,14 +10,13 @@ describe('API keys, quotas and refused input', () => {
   const dataDir = useTempDir();
   const ctx = useFunctionWithFakeOpenAI(() => ({
     DATA_DIR: dataDir(),
-    DEFAULT_MODEL: 'dall-e-2',
     UPSTREAM_MAX_RETRIES: '0',
     API_KEYS: `alice:${ALICE}:3,bob:${BOB}`,
     MAX_BODY_BYTES: '2048',
     LOG_PROMPTS: 'false',
   }));
 
-  const small = {prompt: 'a secret prompt about pelicans', size: '256x256'};
+  const small = {prompt: 'a secret prompt about pelicans'};
 
   test('without a key every route but health, ready and the API document is 401', async () => {
     const generate = await postJson(`${ctx.fn.url}/generate`, small);

@@ -203,7 +203,7 @@ describe('env.yaml.example', () => {
     });
     expect(config.urls.mode).toBe('signed');
     expect(config.log.prompts).toBe(false);
-    expect(config.defaultModel).toBe('gpt-image-1.5');
+    expect(config.defaultModel).toBe('gpt-image-2.6-sunburst');
     // All upstream attempts fit in the function's 540 s timeout.
     const attempts = config.openai.maxRetries + 1;
     expect(attempts * config.openai.timeoutMs).toBeLessThan(540_000);

@@ -20,7 +20,10 @@ export interface RunningFunction {
  * (body parsing, routing, its error handling) on a real port, with the given
  * environment instead of process.env.
  */
-export async function startFunction(env: Record<string, string | undefined>): Promise<RunningFunction> {
+export async function startFunction(
+  env: Record<string, string | undefined>,
+  options: {now?: () => Date} = {},
+): Promise<RunningFunction> {
   const logs: Record<string, unknown>[] = [];
   const logDestination = new Writable({
     write(chunk: Buffer, _encoding, done) {
@@ -29,7 +32,7 @@ export async function startFunction(env: Record<string, string | undefined>): Pr
     },
   });
   const name = `imageGen_${randomUUID().replace(/-/g, '')}`;
-  functions.http(name, createImageGenHandler({LOG_LEVEL: 'info', ...env}, {logDestination}));
+  functions.http(name, createImageGenHandler({LOG_LEVEL: 'info', ...env}, {logDestination, ...options}));
   const server: Server = getTestServer(name);
   await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve));
   const {port} = server.address() as AddressInfo;

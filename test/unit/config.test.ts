@@ -5,7 +5,8 @@ describe('loadConfig', () => {
     const config = loadConfig({});
     expect(config.storage).toEqual({kind: 'local', dataDir: './data'});
     expect(config.openai.apiKey).toBeUndefined();
-    expect(config.defaultModel).toBe('gpt-image-1.5');
+    expect(config.defaultModel).toBe('gpt-image-2.6-sunburst');
+    expect(config.retiredModels).toBe('replace');
     expect(config.openai.timeoutMs).toBe(300_000);
   });
 
@@ -77,6 +78,27 @@ describe('loadConfig', () => {
       'PUBLIC_BASE_URL',
       'UPSTREAM_TIMEOUT_SECONDS',
     ]);
+  });
+
+  test('MODEL_ALIASES and EXTRA_MODELS shape the catalogue; DEFAULT_MODEL must be in it', () => {
+    const config = loadConfig({
+      MODEL_ALIASES: 'dall-e-3=gpt-image-2.6-flare, dall-e-2=gpt-image-2.6-flare',
+      EXTRA_MODELS: 'gpt-image-3:gpt-image-2.5-flare,gpt-image-3-mini',
+      DEFAULT_MODEL: 'gpt-image-3',
+      RETIRED_MODELS: 'reject',
+    });
+    expect(config.models.get('dall-e-3')?.replacement).toBe('gpt-image-2.6-flare');
+    expect(config.models.rules('gpt-image-3').qualities).toContain('max');
+    expect(config.models.rules('gpt-image-3-mini')).toBe(config.models.rules('gpt-image-2.6-sunburst'));
+    expect(config.defaultModel).toBe('gpt-image-3');
+    expect(config.retiredModels).toBe('reject');
+    expect(() => loadConfig({MODEL_ALIASES: 'dall-e-3=gpt-image-1.5'})).toThrow(
+      "MODEL_ALIASES or EXTRA_MODELS: 'dall-e-3' is to be run on 'gpt-image-1.5', which OpenAI is shutting down",
+    );
+    expect(() => loadConfig({MODEL_ALIASES: 'dall-e-3'})).toThrow(
+      /MODEL_ALIASES: entry 1 \('dall-e-3'\) must be/,
+    );
+    expect(() => loadConfig({RETIRED_MODELS: 'keep'})).toThrow(/RETIRED_MODELS/);
   });
 
   test('PUBLIC_BASE_URL loses its trailing slash', () => {

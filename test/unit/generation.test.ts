@@ -1,139 +1,114 @@
+import {CatalogueError, ModelCatalogue} from '../../src/core/catalogue';
 import {AppError, type FieldProblem} from '../../src/core/errors';
-import {parseGenerateBody, planGeneration, type GenerateCommand} from '../../src/core/generation';
-import {customSizeProblem, splitIntoCalls, type ModelId} from '../../src/core/models';
+import {
+  parseGenerateBody,
+  planGeneration,
+  type GenerateCommand,
+  type PlanContext,
+} from '../../src/core/generation';
+import {MODEL_CATALOGUE, customSizeProblem, splitIntoCalls, statusOn} from '../../src/core/models';
 
-type ParseResult = {ok: true; command: GenerateCommand} | {ok: false; problems: FieldProblem[]};
+const BEFORE = '2026-11-23';
+const AFTER = '2026-12-02';
+
+function context(overrides: Partial<PlanContext> = {}): PlanContext {
+  return {
+    catalogue: new ModelCatalogue(),
+    defaultModel: 'gpt-image-2.6-sunburst',
+    retiredModels: 'replace',
+    day: AFTER,
+    ...overrides,
+  };
+}
 
 /** Both steps a body goes through: the payload schema, then the model's rules. */
-function parseGenerateRequest(body: unknown, defaultModel: ModelId): ParseResult {
+function plan(body: unknown, overrides: Partial<PlanContext> = {}): GenerateCommand {
+  return planGeneration(parseGenerateBody(body), context(overrides));
+}
+
+function problems(body: unknown, overrides: Partial<PlanContext> = {}): string[] {
   try {
-    return {ok: true, command: planGeneration(parseGenerateBody(body), defaultModel)};
+    plan(body, overrides);
   } catch (error) {
     if (!(error instanceof AppError) || error.code !== 'VALIDATION_ERROR') throw error;
-    return {ok: false, problems: (error.details as {fields: FieldProblem[]}).fields};
+    return (error.details as {fields: FieldProblem[]}).fields.map(p => `${p.field}: ${p.message}`);
   }
+  throw new Error('expected a validation failure');
 }
 
-function problems(result: ParseResult): string[] {
-  if (result.ok) throw new Error('expected a validation failure');
-  return result.problems.map(p => `${p.field}: ${p.message}`);
-}
-
-describe('parseGenerateRequest', () => {
+describe('the payloads', () => {
   test('legacy payload becomes a one-image job on the default model', () => {
-    const result = parseGenerateRequest({input: {body: {prompt_image: '  a sunset  '}}}, 'gpt-image-1.5');
-    expect(result).toEqual({
-      ok: true,
-      command: {
-        prompt: 'a sunset',
-        count: 1,
-        model: 'gpt-image-1.5',
+    const command = plan({input: {body: {prompt_image: '  a sunset  '}}});
+    expect(command).toEqual({
+      source: 'legacy',
+      prompt: 'a sunset',
+      count: 1,
+      requestedModel: 'gpt-image-2.6-sunburst',
+      requested: {},
+      plan: {
+        model: 'gpt-image-2.6-sunburst',
         parameters: {size: '1024x1024'},
-        metadata: {},
-        allowPartial: false,
-        source: 'legacy',
+        resizeTo: null,
+        imagesPerCall: 10,
+        warnings: [],
       },
+      fallback: null,
+      metadata: {},
+      allowPartial: false,
     });
   });
 
   test('rich payload keeps every parameter; n is an alias of count', () => {
-    const result = parseGenerateRequest(
-      {
-        prompt: 'a fox',
-        n: 3,
-        model: 'gpt-image-1',
-        size: '1536x1024',
-        quality: 'high',
-        background: 'transparent',
-        output_format: 'webp',
-        output_compression: 80,
-        moderation: 'low',
-        user: 'u-1',
-        metadata: {order: '42'},
-      },
-      'dall-e-2',
-    );
-    expect(result.ok && result.command).toEqual({
+    const command = plan({
       prompt: 'a fox',
-      count: 3,
-      model: 'gpt-image-1',
+      n: 3,
+      model: 'gpt-image-2.5-flare',
+      size: '1536x864',
+      quality: 'xhigh',
+      background: 'transparent',
+      output_format: 'webp',
+      output_compression: 80,
+      moderation: 'low',
+      complexity: 'high',
+      safety_identifier: 'u-1',
+      metadata: {order: '42'},
+    });
+    expect(command.count).toBe(3);
+    expect(command.plan).toEqual({
+      model: 'gpt-image-2.5-flare',
       parameters: {
-        size: '1536x1024',
-        quality: 'high',
+        size: '1536x864',
+        quality: 'xhigh',
         background: 'transparent',
         output_format: 'webp',
         output_compression: 80,
         moderation: 'low',
-        user: 'u-1',
+        complexity: 'high',
+        safety_identifier: 'u-1',
       },
-      metadata: {order: '42'},
-      allowPartial: false,
-      source: 'generate',
+      resizeTo: null,
+      imagesPerCall: 10,
+      warnings: [],
     });
+    expect(command.metadata).toEqual({order: '42'});
   });
 
-  test.each([
-    [
-      {prompt: 'x', model: 'dall-e-2', size: '1792x1024'},
-      "size: '1792x1024' is invalid for dall-e-2 (not supported); allowed: 256x256, 512x512, 1024x1024",
-    ],
-    [
-      {prompt: 'x', model: 'dall-e-3', quality: 'high'},
-      "quality: 'high' is invalid for dall-e-3; allowed: standard, hd",
-    ],
-    [{prompt: 'x', model: 'gpt-image-1', style: 'vivid'}, 'style: gpt-image-1 does not take a style'],
-    [{prompt: 'x', model: 'dall-e-3', style: 'moody'}, 'style: must be one of: vivid, natural'],
-    [
-      {prompt: 'x', model: 'dall-e-3', output_format: 'png'},
-      'output_format: only GPT image models take output_format; dall-e-3 does not',
-    ],
-    [
-      {prompt: 'x', model: 'gpt-image-1', output_compression: 50},
-      'output_compression: only applies to output_format jpeg or webp',
-    ],
-    [
-      {prompt: 'x', model: 'gpt-image-1', background: 'transparent', output_format: 'jpeg'},
-      'background: transparent needs output_format png or webp',
-    ],
-    [
-      {prompt: 'x'.repeat(1001), model: 'dall-e-2'},
-      'prompt: is 1001 characters; dall-e-2 accepts at most 1000',
-    ],
-    [
-      {prompt: 'x'.repeat(4001), model: 'dall-e-3'},
-      'prompt: is 4001 characters; dall-e-3 accepts at most 4000',
-    ],
-    [{prompt: 'x', count: 2, n: 3}, 'count: `count` and `n` disagree; send one of them'],
-    [
-      {prompt: 'x', model: 'gpt-image-2', size: '1000x1000'},
-      "size: '1000x1000' is invalid for gpt-image-2 (width and height must be multiples of 16); allowed: 1024x1024, 1536x1024, 1024x1536, auto or a custom WIDTHxHEIGHT",
-    ],
-  ])('model rules: %j', (body, message) => {
-    expect(problems(parseGenerateRequest(body, 'gpt-image-1.5'))).toEqual([message]);
-  });
-
-  test('GPT image prompts may be 32000 characters, not more', () => {
-    expect(parseGenerateRequest({prompt: 'x'.repeat(32000), model: 'gpt-image-1'}, 'dall-e-2').ok).toBe(true);
-    expect(
-      problems(parseGenerateRequest({prompt: 'x'.repeat(32001), model: 'gpt-image-1'}, 'dall-e-2')),
-    ).toEqual(['prompt: is 32001 characters; gpt-image-1 accepts at most 32000']);
-  });
-
-  test('gpt-image-2 takes custom sizes within limits', () => {
-    expect(parseGenerateRequest({prompt: 'x', model: 'gpt-image-2', size: '1536x864'}, 'dall-e-2').ok).toBe(
-      true,
-    );
-    expect(parseGenerateRequest({prompt: 'x', model: 'gpt-image-1.5', size: '1536x864'}, 'dall-e-2').ok).toBe(
-      false,
+  test('`user` is the deprecated name of safety_identifier, which wins when both are sent', () => {
+    const aliased = plan({prompt: 'x', user: 'u-1'});
+    expect(aliased.plan.parameters.safety_identifier).toBe('u-1');
+    expect(aliased.plan.warnings).toEqual([
+      expect.objectContaining({code: 'PARAMETER_DEPRECATED', field: 'user', model: 'gpt-image-2.6-sunburst'}),
+    ]);
+    expect(plan({prompt: 'x', user: 'u-1', safety_identifier: 's-1'}).plan.parameters.safety_identifier).toBe(
+      's-1',
     );
   });
 
   test('schema errors name the field and the allowed values', () => {
-    const result = parseGenerateRequest({prompt: '', model: 'dall-e-4', count: 11, extra: 1}, 'dall-e-2');
-    expect(problems(result)).toEqual(
+    expect(problems({prompt: '', count: 11, quality: 'ultra', extra: 1})).toEqual(
       expect.arrayContaining([
         'prompt: must not be empty',
-        'model: must be one of: gpt-image-2, gpt-image-1.5, gpt-image-1, gpt-image-1-mini, dall-e-3, dall-e-2',
+        'quality: must be one of: low, medium, high, xhigh, max, auto, standard, hd',
         expect.stringMatching(/^count: .*10/),
         'extra: unknown field',
       ]),
@@ -141,40 +116,362 @@ describe('parseGenerateRequest', () => {
   });
 
   test('legacy errors point into the legacy shape', () => {
-    expect(problems(parseGenerateRequest({input: {body: {}}}, 'dall-e-2'))).toEqual([
-      expect.stringMatching(/^input\.body\.prompt_image: /),
+    expect(problems({input: {body: {}}})).toEqual([expect.stringMatching(/^input\.body\.prompt_image: /)]);
+    expect(problems({input: {body: {prompt_image: 'x', model: 'dall-e-3', size: '1x1'}}})).toEqual([
+      expect.stringMatching(/^input\.body\.size: '1x1' is invalid for dall-e-3/),
     ]);
-    expect(
-      problems(
-        parseGenerateRequest(
-          {input: {body: {prompt_image: 'x', model: 'dall-e-3', n: 1, size: '1x1'}}},
-          'dall-e-2',
-        ),
-      ),
-    ).toEqual([expect.stringMatching(/^input\.body\.size: '1x1' is invalid for dall-e-3/)]);
   });
 
   test.each([null, [], 'text', 42])('a body that is not an object (%j) is refused', body => {
-    expect(problems(parseGenerateRequest(body, 'dall-e-2'))).toEqual(['(body): must be a JSON object']);
+    expect(problems(body)).toEqual(['(body): must be a JSON object']);
   });
 
   test('control characters are refused; newlines and tabs are fine', () => {
-    expect(parseGenerateRequest({prompt: 'line one\nline\ttwo'}, 'dall-e-2').ok).toBe(true);
-    expect(problems(parseGenerateRequest({prompt: 'bell\u0007'}, 'dall-e-2'))).toEqual([
-      'prompt: must not contain control characters',
-    ]);
+    expect(plan({prompt: 'line one\nline\ttwo'}).prompt).toBe('line one\nline\ttwo');
+    expect(problems({prompt: 'bell\u0007'})).toEqual(['prompt: must not contain control characters']);
   });
 
   test('metadata must be small string labels', () => {
     const tooMany = Object.fromEntries(Array.from({length: 21}, (_, i) => [`k${i}`, 'v']));
-    expect(problems(parseGenerateRequest({prompt: 'x', metadata: tooMany}, 'dall-e-2'))).toEqual([
-      'metadata: at most 20 keys',
+    expect(problems({prompt: 'x', metadata: tooMany})).toEqual(['metadata: at most 20 keys']);
+    expect(problems({prompt: 'x', metadata: {a: 1}})[0]).toMatch(/^metadata\.a: /);
+    expect(problems({prompt: 'x', metadata: {'bad key': 'v'}})[0]).toMatch(/^metadata\.bad key: keys are/);
+  });
+
+  test('count and n must agree', () => {
+    expect(problems({prompt: 'x', count: 2, n: 3})).toEqual([
+      'count: `count` and `n` disagree; send one of them',
     ]);
-    expect(problems(parseGenerateRequest({prompt: 'x', metadata: {a: 1}}, 'dall-e-2'))[0]).toMatch(
-      /^metadata\.a: /,
+  });
+});
+
+describe('the catalogue rules, one by one', () => {
+  test('an unknown model is refused with the models that run today', () => {
+    const [message] = problems({prompt: 'x', model: 'gpt-image-9'});
+    expect(message).toMatch(/^model: 'gpt-image-9' is not a known model; allowed: gpt-image-2\.6-sunburst, /);
+    expect(message).not.toContain('dall-e-3');
+  });
+
+  test('GPT image prompts may be 32,000 characters, counted as characters', () => {
+    expect(plan({prompt: '字'.repeat(32000)}).prompt).toHaveLength(32000);
+    expect(plan({prompt: '😀'.repeat(32000)}).prompt).toHaveLength(64000);
+    expect(problems({prompt: 'x'.repeat(32001)})).toEqual([
+      'prompt: is 32001 characters; gpt-image-2.6-sunburst accepts at most 32000',
+    ]);
+  });
+
+  test('retired models keep their own prompt limits', () => {
+    expect(problems({prompt: 'x'.repeat(1001), model: 'dall-e-2'})).toEqual([
+      'prompt: is 1001 characters; dall-e-2 accepts at most 1000',
+    ]);
+  });
+
+  test('named sizes: every GPT image model takes the standard ones and auto', () => {
+    for (const model of ['gpt-image-2.6-flare', 'gpt-image-2', 'gpt-image-2.5-sunburst']) {
+      for (const size of ['1024x1024', '1536x1024', '1024x1536', 'auto']) {
+        expect(plan({prompt: 'x', model, size}).plan.parameters.size).toBe(size);
+      }
+    }
+  });
+
+  test('custom sizes: gpt-image-2 and 2.5 take any WIDTHxHEIGHT within limits; 2.6 does not', () => {
+    expect(plan({prompt: 'x', model: 'gpt-image-2-2026-04-21', size: '1536x864'}).plan.parameters.size).toBe(
+      '1536x864',
     );
-    expect(problems(parseGenerateRequest({prompt: 'x', metadata: {'bad key': 'v'}}, 'dall-e-2'))[0]).toMatch(
-      /^metadata\.bad key: keys are/,
+    expect(
+      plan({prompt: 'x', model: 'gpt-image-2.5-flare-2026-09-08', size: '1792x1024'}).plan.parameters.size,
+    ).toBe('1792x1024');
+    expect(problems({prompt: 'x', model: 'gpt-image-2.6-flare', size: '1536x864'})).toEqual([
+      "size: '1536x864' is invalid for gpt-image-2.6-flare (not supported); allowed: 1024x1024, 1536x1024, 1024x1536, auto",
+    ]);
+  });
+
+  test.each([
+    ['1000x1000', 'width and height must be multiples of 16'],
+    ['4096x1024', 'no edge may exceed 3840 pixels'],
+    ['3840x2176', 'at most 3840x2160 pixels in total'],
+    ['3520x2400', 'at most 3840x2160 pixels in total'],
+    ['512x512', 'at least 655360 pixels in total'],
+    ['3200x1056', 'aspect ratio must be between 1:3 and 3:1'],
+  ])('custom size %s is refused: %s', (size, reason) => {
+    expect(problems({prompt: 'x', model: 'gpt-image-2', size})).toEqual([
+      `size: '${size}' is invalid for gpt-image-2 (${reason}); allowed: 1024x1024, 1536x1024, 1024x1536, auto or a custom WIDTHxHEIGHT`,
+    ]);
+  });
+
+  test('xhigh and max: only the 2.5 models', () => {
+    for (const model of [
+      'gpt-image-2.5-sunburst',
+      'gpt-image-2.5-flare',
+      'gpt-image-2.5-sunburst-2026-09-08',
+    ]) {
+      expect(plan({prompt: 'x', model, quality: 'max'}).plan.parameters.quality).toBe('max');
+    }
+    expect(problems({prompt: 'x', model: 'gpt-image-2.6-sunburst', quality: 'xhigh'})).toEqual([
+      "quality: 'xhigh' is invalid for gpt-image-2.6-sunburst; allowed: low, medium, high, auto",
+    ]);
+    expect(problems({prompt: 'x', model: 'gpt-image-2', quality: 'max'})).toEqual([
+      "quality: 'max' is invalid for gpt-image-2; allowed: low, medium, high, auto",
+    ]);
+  });
+
+  test('standard and hd are dall-e-3 qualities, not GPT image ones', () => {
+    expect(problems({prompt: 'x', quality: 'hd'})).toEqual([
+      "quality: 'hd' is invalid for gpt-image-2.6-sunburst; allowed: low, medium, high, auto",
+    ]);
+    expect(problems({prompt: 'x', model: 'dall-e-3', quality: 'high'})).toEqual([
+      "quality: 'high' is invalid for dall-e-3; allowed: standard, hd",
+    ]);
+  });
+
+  test('style: no current model takes it', () => {
+    expect(problems({prompt: 'x', style: 'vivid'})).toEqual([
+      'style: gpt-image-2.6-sunburst does not take style',
+    ]);
+  });
+
+  test('a transparent background needs png or webp', () => {
+    expect(
+      plan({prompt: 'x', background: 'transparent', output_format: 'webp'}).plan.parameters.background,
+    ).toBe('transparent');
+    for (const format of ['jpeg', 'gif']) {
+      expect(problems({prompt: 'x', background: 'transparent', output_format: format})).toEqual([
+        'background: transparent needs output_format png or webp',
+      ]);
+    }
+  });
+
+  test('gif and svg: GPT Image 2 and later only', () => {
+    expect(plan({prompt: 'x', output_format: 'gif'}).plan.parameters.output_format).toBe('gif');
+    expect(
+      plan({prompt: 'x', model: 'gpt-image-2', output_format: 'svg'}).plan.parameters.output_format,
+    ).toBe('svg');
+    expect(problems({prompt: 'x', model: 'gpt-image-1.5', output_format: 'gif'}, {day: BEFORE})).toEqual([
+      "output_format: 'gif' is invalid for gpt-image-1.5; allowed: png, jpeg, webp",
+    ]);
+  });
+
+  test('output_compression: jpeg and webp only', () => {
+    expect(
+      plan({prompt: 'x', output_format: 'jpeg', output_compression: 50}).plan.parameters.output_compression,
+    ).toBe(50);
+    for (const format of ['png', 'gif', 'svg']) {
+      expect(problems({prompt: 'x', output_format: format, output_compression: 50})).toEqual([
+        'output_compression: only applies to output_format jpeg or webp',
+      ]);
+    }
+  });
+
+  test('frame_count and frame_duration_ms: gif only, within the SDK bounds', () => {
+    expect(
+      plan({prompt: 'x', output_format: 'gif', frame_count: 16, frame_duration_ms: 120}).plan.parameters,
+    ).toMatchObject({
+      frame_count: 16,
+      frame_duration_ms: 120,
+    });
+    expect(problems({prompt: 'x', frame_count: 4})).toEqual([
+      'frame_count: only applies to output_format gif',
+    ]);
+    expect(problems({prompt: 'x', output_format: 'png', frame_duration_ms: 100})).toEqual([
+      'frame_duration_ms: only applies to output_format gif',
+    ]);
+    expect(problems({prompt: 'x', output_format: 'gif', frame_count: 17})[0]).toMatch(/^frame_count: .*16/);
+  });
+
+  test('svg options: svg output only; SVG is made one image per call', () => {
+    const command = plan({
+      prompt: 'x',
+      count: 3,
+      output_format: 'svg',
+      svg: {model: 'author', reasoning: {effort: 'low'}},
+    });
+    expect(command.plan.imagesPerCall).toBe(1);
+    expect(problems({prompt: 'x', svg: {model: 'author'}})).toEqual([
+      'svg: only applies to output_format svg',
+    ]);
+  });
+
+  test('moderation and complexity: every GPT image model', () => {
+    expect(plan({prompt: 'x', moderation: 'low', complexity: 'low'}).plan.parameters).toMatchObject({
+      moderation: 'low',
+      complexity: 'low',
+    });
+    expect(problems({prompt: 'x', model: 'dall-e-2', moderation: 'low'})).toEqual([
+      'moderation: dall-e-2 does not take moderation',
+    ]);
+  });
+
+  test('the count is split into calls by the model limit', () => {
+    expect(plan({prompt: 'x', count: 10}).plan.imagesPerCall).toBe(10);
+  });
+});
+
+describe('model lifecycle', () => {
+  test('a deprecated model runs as asked until its shutdown, with a warning and its replacement ready', () => {
+    const command = plan({prompt: 'x', model: 'gpt-image-1.5', size: '1536x1024'}, {day: BEFORE});
+    expect(command.plan.model).toBe('gpt-image-1.5');
+    expect(command.plan.warnings).toEqual([
+      {
+        code: 'MODEL_DEPRECATED',
+        message: 'gpt-image-1.5 shuts down on 2026-12-01; move to gpt-image-2.6-sunburst',
+        requested_model: 'gpt-image-1.5',
+        shutdown_date: '2026-12-01',
+        model: 'gpt-image-1.5',
+        field: 'model',
+      },
+    ]);
+    expect(command.fallback?.model).toBe('gpt-image-2.6-sunburst');
+  });
+
+  test('from its shutdown date it runs on its replacement', () => {
+    const command = plan({prompt: 'x', model: 'gpt-image-1.5', size: '1536x1024', quality: 'high'});
+    expect(command.requestedModel).toBe('gpt-image-1.5');
+    expect(command.plan).toMatchObject({
+      model: 'gpt-image-2.6-sunburst',
+      parameters: {size: '1536x1024', quality: 'high'},
+    });
+    expect(command.plan.warnings.map(w => [w.code, w.requested_model, w.shutdown_date, w.model])).toEqual([
+      ['MODEL_REPLACED', 'gpt-image-1.5', '2026-12-01', 'gpt-image-2.6-sunburst'],
+    ]);
+  });
+
+  test("dall-e-3's hd, style and tall size carry over to gpt-image-2.5-sunburst", () => {
+    const command = plan({
+      prompt: 'x',
+      model: 'dall-e-3',
+      size: '1024x1792',
+      quality: 'hd',
+      style: 'natural',
+      count: 2,
+    });
+    expect(command.plan).toMatchObject({
+      model: 'gpt-image-2.5-sunburst',
+      parameters: {size: '1024x1792', quality: 'high'},
+      resizeTo: null,
+      imagesPerCall: 10,
+    });
+    expect(command.plan.parameters).not.toHaveProperty('style');
+    expect(command.plan.warnings.map(w => [w.code, w.field])).toEqual([
+      ['MODEL_REPLACED', 'model'],
+      ['PARAMETER_TRANSLATED', 'quality'],
+      ['PARAMETER_DROPPED', 'style'],
+    ]);
+  });
+
+  test("dall-e-3's default quality is medium on its replacement", () => {
+    expect(plan({prompt: 'x', model: 'dall-e-3'}).plan.parameters.quality).toBe('medium');
+  });
+
+  test('dall-e-2 at 256x256 is made at 1024x1024 on gpt-image-2.5-flare, then resized', () => {
+    const command = plan({prompt: 'x', model: 'dall-e-2', size: '256x256', count: 4});
+    expect(command.plan).toMatchObject({
+      model: 'gpt-image-2.5-flare',
+      parameters: {size: '1024x1024', quality: 'low'},
+      resizeTo: {width: 256, height: 256},
+    });
+    expect(command.plan.warnings.map(w => w.code)).toEqual(['MODEL_REPLACED', 'IMAGE_RESIZED']);
+  });
+
+  test('the nearest size keeps the shape asked for', () => {
+    const catalogue = new ModelCatalogue({aliases: {'dall-e-3': 'gpt-image-2.6-flare'}});
+    const command = plan({prompt: 'x', model: 'dall-e-3', size: '1024x1792'}, {catalogue});
+    expect(command.plan).toMatchObject({
+      model: 'gpt-image-2.6-flare',
+      parameters: {size: '1024x1536'},
+      resizeTo: {width: 1024, height: 1792},
+    });
+  });
+
+  test('RETIRED_MODELS=reject refuses a retired model and names its replacement', () => {
+    const error = (() => {
+      try {
+        plan({prompt: 'x', model: 'dall-e-3'}, {retiredModels: 'reject'});
+      } catch (e) {
+        return e as AppError;
+      }
+      throw new Error('expected MODEL_RETIRED');
+    })();
+    expect(error.code).toBe('MODEL_RETIRED');
+    expect(error.message).toBe('dall-e-3 was shut down on 2026-05-12; use gpt-image-2.5-sunburst');
+    expect(error.details).toMatchObject({replacement: 'gpt-image-2.5-sunburst'});
+  });
+
+  test('an active model has no fallback unless MODEL_ALIASES gives it one', () => {
+    expect(plan({prompt: 'x', model: 'gpt-image-2'}).fallback).toBeNull();
+    const catalogue = new ModelCatalogue({aliases: {'gpt-image-2': 'gpt-image-2.6-flare'}});
+    expect(plan({prompt: 'x', model: 'gpt-image-2'}, {catalogue}).fallback?.model).toBe(
+      'gpt-image-2.6-flare',
+    );
+  });
+
+  test('EXTRA_MODELS registers a new id with the rules of a known one', () => {
+    const catalogue = new ModelCatalogue({extraModels: [{id: 'gpt-image-3', like: 'gpt-image-2.5-flare'}]});
+    expect(plan({prompt: 'x', model: 'gpt-image-3', quality: 'max'}, {catalogue}).plan.model).toBe(
+      'gpt-image-3',
+    );
+  });
+});
+
+describe('ModelCatalogue', () => {
+  test('every model has a status for a day; replacements are followed past retired ones', () => {
+    const catalogue = new ModelCatalogue({aliases: {'gpt-image-1-mini': 'gpt-image-2.6-flare'}});
+    expect(catalogue.status('gpt-image-1.5', '2026-11-30')).toBe('deprecated');
+    expect(catalogue.status('gpt-image-1.5', '2026-12-01')).toBe('retired');
+    expect(catalogue.status('gpt-image-2.6-flare', '2030-01-01')).toBe('active');
+    expect(catalogue.successor('gpt-image-1-mini', AFTER)?.id).toBe('gpt-image-2.6-flare');
+    expect(catalogue.successor('gpt-image-2', AFTER)).toBeNull();
+  });
+
+  test.each([
+    [{extraModels: [{id: 'Bad Id', like: 'gpt-image-2'}]}, "'Bad Id' is not a model id"],
+    [{extraModels: [{id: 'gpt-image-2', like: 'gpt-image-2'}]}, "'gpt-image-2' is already known"],
+    [
+      {extraModels: [{id: 'gpt-image-3', like: 'nope'}]},
+      "'gpt-image-3' is to be like 'nope', which is not a known model",
+    ],
+    [{aliases: {'dall-e-4': 'gpt-image-2'}}, "'dall-e-4' is not a known model"],
+    [
+      {aliases: {'dall-e-3': 'gpt-image-1.5'}},
+      "'dall-e-3' is to be run on 'gpt-image-1.5', which OpenAI is shutting down",
+    ],
+  ])('refuses %j', (options, message) => {
+    expect(() => new ModelCatalogue(options)).toThrow(new CatalogueError(message));
+  });
+
+  test('the catalogue holds every model the SDK names, each with its shutdown date', () => {
+    const ids = MODEL_CATALOGUE.map(entry => entry.id);
+    // ImageModel in openai 7.57 resources/images.d.ts.
+    for (const id of [
+      'gpt-image-1.5',
+      'gpt-image-2',
+      'gpt-image-2-2026-04-21',
+      'gpt-image-2.5-sunburst',
+      'gpt-image-2.5-sunburst-2026-09-08',
+      'gpt-image-2.5-flare',
+      'gpt-image-2.5-flare-2026-09-08',
+      'gpt-image-2.6-sunburst',
+      'gpt-image-2.6-flare',
+      'gpt-image-1',
+      'gpt-image-1-mini',
+      'chatgpt-image-latest',
+      'dall-e-2',
+      'dall-e-3',
+    ]) {
+      expect(ids).toContain(id);
+    }
+    const retired = MODEL_CATALOGUE.filter(entry => statusOn(entry, AFTER) === 'retired').map(
+      entry => entry.id,
+    );
+    expect(retired.sort()).toEqual(
+      [
+        'chatgpt-image-latest',
+        'dall-e-2',
+        'dall-e-3',
+        'gpt-image-1',
+        'gpt-image-1-mini',
+        'gpt-image-1.5',
+        'gpt-image-1.5-2025-12-16',
+      ].sort(),
     );
   });
 });
@@ -190,10 +487,8 @@ describe('model helpers', () => {
     ['1536x864', null],
     ['3840x2160', null],
     ['3840x1280', null],
-    ['4096x1024', 'no edge may exceed 3840 pixels'],
-    ['3840x1264', 'aspect ratio must be between 1:3 and 3:1'],
-    ['1000x1000', 'width and height must be multiples of 16'],
     ['big', 'must look like WIDTHxHEIGHT'],
+    ['0x1024', 'must look like WIDTHxHEIGHT'],
   ])('customSizeProblem(%s)', (size, expected) => {
     expect(customSizeProblem(size)).toBe(expected);
   });

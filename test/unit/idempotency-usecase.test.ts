@@ -2,6 +2,7 @@ import {createHash, randomUUID} from 'node:crypto';
 import {HeaderImageCodec} from '../../src/adapters/imaging/image-codec';
 import {AppError} from '../../src/core/errors';
 import type {GenerateCommand} from '../../src/core/generation';
+import {commandFor} from '../support/commands';
 import type {Requester} from '../../src/core/requester';
 import {IdempotentGenerator, decideClaim, fingerprintOf} from '../../src/core/usecases/idempotency';
 import {MemoryMetadataStore, MemoryObjectStore} from '../support/memory-stores';
@@ -10,17 +11,11 @@ import {ScriptedProvider} from '../support/scripted-provider';
 const MINUTE = 60_000;
 const IAM: Requester = {kind: 'iam'};
 
-function command(overrides: Partial<GenerateCommand> = {}): GenerateCommand {
-  return {
-    source: 'generate',
-    prompt: 'a lighthouse',
-    count: 1,
-    model: 'gpt-image-1.5',
-    parameters: {size: '1024x1024'},
-    metadata: {},
-    allowPartial: false,
-    ...overrides,
-  };
+function command(
+  body: Record<string, unknown> = {},
+  overrides: Partial<GenerateCommand> = {},
+): GenerateCommand {
+  return {...commandFor(body), ...overrides};
 }
 
 function setUp(now = () => new Date()) {
@@ -39,8 +34,8 @@ const sha256 = (text: string) => createHash('sha256').update(text).digest('hex')
 describe('IdempotentGenerator', () => {
   test('the same key twice: one upstream call, the second answer is the stored job', async () => {
     const {provider, generator} = setUp();
-    const first = await generator.generate(command({idempotencyKey: 'k1'}), IAM);
-    const second = await generator.generate(command({idempotencyKey: 'k1', source: 'legacy'}), IAM);
+    const first = await generator.generate(command({idempotency_key: 'k1'}), IAM);
+    const second = await generator.generate(command({idempotency_key: 'k1'}, {source: 'legacy'}), IAM);
     expect(first.replayed).toBe(false);
     expect(second).toEqual({job: first.job, replayed: true});
     expect(provider.calls).toHaveLength(1);
@@ -50,7 +45,7 @@ describe('IdempotentGenerator', () => {
     const {provider, generator} = setUp();
     provider.script.push({delayMs: 50});
     const outcomes = await Promise.all(
-      Array.from({length: 4}, () => generator.generate(command({idempotencyKey: 'k2'}), IAM)),
+      Array.from({length: 4}, () => generator.generate(command({idempotency_key: 'k2'}), IAM)),
     );
     expect(new Set(outcomes.map(o => o.job.id)).size).toBe(1);
     expect(outcomes.filter(o => o.replayed)).toHaveLength(3);
@@ -60,13 +55,13 @@ describe('IdempotentGenerator', () => {
   test('the same key with other parameters is refused, running or done', async () => {
     const {provider, generator} = setUp();
     provider.script.push({delayMs: 50});
-    const running = generator.generate(command({idempotencyKey: 'k3'}), IAM);
-    await expect(generator.generate(command({idempotencyKey: 'k3', count: 2}), IAM)).rejects.toMatchObject({
+    const running = generator.generate(command({idempotency_key: 'k3'}), IAM);
+    await expect(generator.generate(command({idempotency_key: 'k3', count: 2}), IAM)).rejects.toMatchObject({
       code: 'IDEMPOTENCY_KEY_REUSED',
     });
     await running;
     await expect(
-      generator.generate(command({idempotencyKey: 'k3', metadata: {a: 'b'}}), IAM),
+      generator.generate(command({idempotency_key: 'k3', metadata: {a: 'b'}}), IAM),
     ).rejects.toMatchObject({code: 'IDEMPOTENCY_KEY_REUSED'});
   });
 
@@ -84,7 +79,7 @@ describe('IdempotentGenerator', () => {
       },
       now,
     );
-    const error = await generator.generate(command({idempotencyKey: 'k4'}), IAM).catch((e: unknown) => e);
+    const error = await generator.generate(command({idempotency_key: 'k4'}), IAM).catch((e: unknown) => e);
     expect(error).toMatchObject({code: 'REQUEST_IN_PROGRESS'});
     expect((error as AppError).retryAfterSeconds).toBeGreaterThanOrEqual(1);
     expect((error as AppError).retryAfterSeconds).toBeLessThanOrEqual(10);
@@ -93,8 +88,8 @@ describe('IdempotentGenerator', () => {
   test('a failed run frees its key: the retry generates again', async () => {
     const {provider, generator} = setUp();
     provider.script.push({error: new AppError('UPSTREAM_ERROR', 'boom')});
-    await expect(generator.generate(command({idempotencyKey: 'k5'}), IAM)).rejects.toThrow('boom');
-    const retried = await generator.generate(command({idempotencyKey: 'k5'}), IAM);
+    await expect(generator.generate(command({idempotency_key: 'k5'}), IAM)).rejects.toThrow('boom');
+    const retried = await generator.generate(command({idempotency_key: 'k5'}), IAM);
     expect(retried.replayed).toBe(false);
     expect(provider.calls).toHaveLength(2);
   });
@@ -118,16 +113,16 @@ describe('IdempotentGenerator', () => {
       contentType: 'image/png',
       metadata: {},
     });
-    const outcome = await generator.generate(command({idempotencyKey: 'k6'}), IAM);
+    const outcome = await generator.generate(command({idempotency_key: 'k6'}), IAM);
     expect(outcome.job.id).toBe(jobId);
     expect(await objects.list(`images/${jobId}/`)).toEqual([outcome.job.images[0]!.object_path]);
   });
 
   test('a replayed key whose job was deleted says so', async () => {
     const {metadata, generator} = setUp();
-    const made = await generator.generate(command({idempotencyKey: 'k7'}), IAM);
+    const made = await generator.generate(command({idempotency_key: 'k7'}), IAM);
     await metadata.deleteJob(made.job.id);
-    await expect(generator.generate(command({idempotencyKey: 'k7'}), IAM)).rejects.toMatchObject({
+    await expect(generator.generate(command({idempotency_key: 'k7'}), IAM)).rejects.toMatchObject({
       code: 'JOB_NOT_FOUND',
     });
   });
@@ -136,7 +131,7 @@ describe('IdempotentGenerator', () => {
     const {provider, metadata, generator} = setUp();
     provider.configured = false;
     const requester: Requester = {kind: 'api-key', name: 'carol', dailyQuota: 5};
-    await expect(generator.generate(command({idempotencyKey: 'k8'}), requester)).rejects.toMatchObject({
+    await expect(generator.generate(command({idempotency_key: 'k8'}), requester)).rejects.toMatchObject({
       code: 'SERVICE_ERROR',
     });
     expect(metadata.keys.size).toBe(0);

@@ -19,7 +19,12 @@ describe('OpenAIImageProvider whileWaiting', () => {
       maxConcurrentDecodes: 4,
       whileWaiting,
     });
-  const request = {model: 'dall-e-2', prompt: 'a lighthouse', n: 1, parameters: {size: '256x256'}} as const;
+  const request = {
+    model: 'gpt-image-2.6-flare',
+    prompt: 'a lighthouse',
+    n: 1,
+    parameters: {size: '1024x1024'},
+  } as const;
 
   test('runs once, while the call still waits for its answer', async () => {
     const events: string[] = [];

@@ -7,9 +7,15 @@ const FORMATS: Record<string, {contentType: string; extension: string}> = {
   png: {contentType: 'image/png', extension: 'png'},
   jpg: {contentType: 'image/jpeg', extension: 'jpg'},
   webp: {contentType: 'image/webp', extension: 'webp'},
+  gif: {contentType: 'image/gif', extension: 'gif'},
+  svg: {contentType: 'image/svg+xml', extension: 'svg'},
 };
 
-/** Reads image headers with image-size, loaded on first use: nothing at cold start needs it. */
+/**
+ * Reads image headers with image-size, loaded on first use: nothing at cold
+ * start needs it. Resizes with sharp, loaded only when a request asks for a
+ * size its model cannot make.
+ */
 export class HeaderImageCodec implements ImageCodec {
   private imageSize: ImageSize | undefined;
 
@@ -21,7 +27,7 @@ export class HeaderImageCodec implements ImageCodec {
   /**
    * The format and dimensions from the image header, and the bytes' sha256
    * (unless it was computed already, while decoding). Null for anything that
-   * is not a PNG, JPEG or WebP image.
+   * is not a PNG, JPEG, WebP, GIF or SVG image.
    */
   inspect(data: Buffer, knownSha256?: string): ImageInfo | null {
     const imageSize = this.load();
@@ -40,5 +46,11 @@ export class HeaderImageCodec implements ImageCodec {
       bytes: data.length,
       sha256: knownSha256 ?? createHash('sha256').update(data).digest('hex'),
     };
+  }
+
+  async resize(data: Buffer, size: {width: number; height: number}): Promise<Buffer> {
+    const sharp = require('sharp') as typeof import('sharp');
+    // Same format out as in: sharp keeps it unless told otherwise.
+    return sharp(data).resize(size.width, size.height, {fit: 'cover'}).toBuffer();
   }
 }

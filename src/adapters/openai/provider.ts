@@ -1,7 +1,6 @@
 import {subscribe, unsubscribe} from 'node:diagnostics_channel';
 import {AppError, validationError} from '../../core/errors';
 import type {UpstreamParameters} from '../../core/generation';
-import {MODELS} from '../../core/models';
 import type {GeneratedImages, ImageProvider, UpstreamRequest} from '../../core/ports';
 import type {Usage} from '../../core/records';
 import {Limiter} from './limiter';
@@ -89,7 +88,6 @@ export class OpenAIImageProvider implements ImageProvider {
       prompt: request.prompt,
       n: request.n,
       ...request.parameters,
-      ...(MODELS[request.model].family === 'dall-e' ? {response_format: 'b64_json' as const} : {}),
     };
 
     const whileWaiting = this.options.whileWaiting;
@@ -98,12 +96,12 @@ export class OpenAIImageProvider implements ImageProvider {
     try {
       response = await client.images.generate(body, {signal: combined}).asResponse();
     } catch (error) {
-      throw translateError(error, deadline.aborted, signal?.aborted ?? false);
+      throw translateError(error, request, deadline.aborted, signal?.aborted ?? false);
     } finally {
       sent?.();
     }
     return this.decodeSlots.run(async () => {
-      const result = await this.readImages(response, request.n, deadline, signal);
+      const result = await this.readImages(response, request, deadline, signal);
       try {
         return await store(result);
       } finally {
@@ -116,7 +114,7 @@ export class OpenAIImageProvider implements ImageProvider {
   /** Streams the body: image data is decoded and hashed as it arrives (see response-parser). */
   private async readImages(
     response: Response,
-    expected: number,
+    request: UpstreamRequest,
     deadline: AbortSignal,
     signal: AbortSignal | undefined,
   ): Promise<GeneratedImages & {release(): void}> {
@@ -130,10 +128,11 @@ export class OpenAIImageProvider implements ImageProvider {
       );
     } catch (error) {
       if (deadline.aborted || signal?.aborted)
-        throw translateError(error, deadline.aborted, signal?.aborted ?? false);
+        throw translateError(error, request, deadline.aborted, signal?.aborted ?? false);
       throw new AppError('UPSTREAM_ERROR', 'OpenAI sent an answer that could not be read', {cause: error});
     }
     const items = parsed.body.data ?? [];
+    const expected = request.n;
     if (items.length !== expected || parsed.images.length !== expected) {
       parsed.release();
       throw new AppError(
@@ -183,7 +182,12 @@ function onceSent(origin: string, callback: () => void): () => void {
   return finish;
 }
 
-function translateError(error: unknown, timedOut: boolean, cancelled: boolean): AppError {
+function translateError(
+  error: unknown,
+  request: UpstreamRequest,
+  timedOut: boolean,
+  cancelled: boolean,
+): AppError {
   const {default: OpenAIClient} = loadSdk();
   if (timedOut || error instanceof OpenAIClient.APIConnectionTimeoutError) {
     return new AppError('UPSTREAM_TIMEOUT', 'OpenAI did not answer in time', {cause: error});
@@ -195,15 +199,14 @@ function translateError(error: unknown, timedOut: boolean, cancelled: boolean): 
     return new AppError('UPSTREAM_ERROR', 'OpenAI request failed', {cause: error});
   }
   const code = typeof error.code === 'string' ? error.code : undefined;
-  const requestId = error.requestID ?? undefined;
-  const details = {
-    upstream_status: error.status ?? null,
-    upstream_code: code ?? null,
-    upstream_request_id: requestId ?? null,
-  };
+  const details = upstreamDetails(error);
   if (error instanceof OpenAIClient.APIConnectionError) {
     return new AppError('UPSTREAM_ERROR', 'Could not reach OpenAI', {cause: error, details});
   }
+  const gone = modelGone(error, request);
+  if (gone) return gone;
+  const preview = previewRefused(error, request);
+  if (preview) return preview;
   if (code !== undefined && SAFETY_CODES.has(code)) {
     return new AppError(
       'CONTENT_POLICY_VIOLATION',
@@ -240,6 +243,58 @@ function translateError(error: unknown, timedOut: boolean, cancelled: boolean): 
         details,
       });
   }
+}
+
+type ApiError = InstanceType<Sdk['default']['APIError']>;
+
+/** OpenAI's answer when the model is shut down (404 model_not_found) or unknown to it (400 on `model`). */
+function modelGone(error: ApiError, request: UpstreamRequest): AppError | null {
+  const gone =
+    (error.status === 404 && error.code === 'model_not_found') ||
+    (error.status === 400 && error.param === 'model' && error.code === 'invalid_value');
+  if (!gone) return null;
+  return new AppError(
+    'MODEL_UNAVAILABLE',
+    `OpenAI does not serve ${request.model}: ${upstreamMessage(error)}`,
+    {
+      cause: error,
+      details: {fields: [{field: 'model', message: 'not served by OpenAI'}], ...upstreamDetails(error)},
+    },
+  );
+}
+
+/** The preview features a request uses, by the parameter OpenAI would name when it refuses one. */
+function previewsUsed(parameters: UpstreamParameters): Record<string, string> {
+  const used: Record<string, string> = {};
+  if (parameters.output_format === 'gif') used.output_format = 'GIF output';
+  if (parameters.output_format === 'svg') used.output_format = 'SVG output';
+  if (parameters.svg) used.svg = 'SVG model selection';
+  if (parameters.background === 'transparent') used.background = 'transparent backgrounds';
+  return used;
+}
+
+/**
+ * OpenAI enables previews (GIF, SVG, transparency on some models) per
+ * project: a refusal that names a preview parameter the request used is the
+ * caller's feature not being enabled, not a credentials problem or an outage.
+ */
+function previewRefused(error: ApiError, request: UpstreamRequest): AppError | null {
+  if (error.status !== 400 && error.status !== 403) return null;
+  const feature = error.param ? previewsUsed(request.parameters)[error.param] : undefined;
+  if (!feature) return null;
+  return new AppError(
+    'FEATURE_NOT_AVAILABLE',
+    `OpenAI did not accept ${feature} for this project or model (a preview OpenAI enables per project): ${upstreamMessage(error)}`,
+    {cause: error, details: {feature, field: error.param, ...upstreamDetails(error)}},
+  );
+}
+
+function upstreamDetails(error: ApiError): Record<string, unknown> {
+  return {
+    upstream_status: error.status ?? null,
+    upstream_code: typeof error.code === 'string' ? error.code : null,
+    upstream_request_id: error.requestID ?? null,
+  };
 }
 
 function upstreamMessage(error: {message: string; error?: unknown}): string {

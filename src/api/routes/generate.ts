@@ -6,6 +6,8 @@ import {
   parseGenerateBody,
   planGeneration,
 } from '../../core/generation';
+import type {ModelCatalogue} from '../../core/catalogue';
+import type {JobRecord} from '../../core/records';
 import {sendJson} from '../responses';
 import {defineRoute} from '../route';
 import {JobViewSchema, jobView} from '../views';
@@ -20,6 +22,30 @@ const GenerateHeadersSchema = z.object({
         'Makes the request safe to retry: a repeat returns the stored job (see also idempotency_key).',
     }),
 });
+
+const MODEL_DOCS = 'https://developers.openai.com/api/docs/models';
+
+/**
+ * What HTTP says about a model going away: a replaced model gets Deprecation
+ * (RFC 9745, from its shutdown) and a Link to its successor; a model still
+ * served until a known date gets Sunset (RFC 8594) and the same Link.
+ */
+function lifecycleHeaders(catalogue: ModelCatalogue, job: JobRecord): Record<string, string> {
+  const {requested_model: requested, model} = job.parameters;
+  const entry = catalogue.get(requested);
+  if (!entry?.shutdownDate) return {};
+  const shutdown = new Date(`${entry.shutdownDate}T00:00:00Z`);
+  if (model !== requested) {
+    return {
+      Deprecation: `@${Math.floor(shutdown.getTime() / 1000)}`,
+      Link: `<${MODEL_DOCS}/${model}>; rel="successor-version"`,
+    };
+  }
+  return {
+    Sunset: shutdown.toUTCString(),
+    ...(entry.replacement ? {Link: `<${MODEL_DOCS}/${entry.replacement}>; rel="successor-version"`} : {}),
+  };
+}
 
 function truncate(text: string, max: number): string {
   return text.length <= max ? text : `${text.slice(0, max)}…`;
@@ -49,10 +75,18 @@ function generateRoute(path: string, operationId: string) {
       'IDEMPOTENCY_KEY_REUSED',
       'QUOTA_EXCEEDED',
       'JOB_NOT_FOUND',
+      'MODEL_RETIRED',
+      'MODEL_UNAVAILABLE',
+      'FEATURE_NOT_AVAILABLE',
     ],
     async handle(ctx) {
-      const {config, generator} = ctx.services;
-      const command = planGeneration(ctx.body, config.defaultModel);
+      const {config, generator, now} = ctx.services;
+      const command = planGeneration(ctx.body, {
+        catalogue: config.models,
+        defaultModel: config.defaultModel,
+        retiredModels: config.retiredModels,
+        day: now().toISOString().slice(0, 10),
+      });
       const headerKey = ctx.headers['Idempotency-Key'];
       if (headerKey !== undefined) {
         if (command.idempotencyKey !== undefined && command.idempotencyKey !== headerKey) {
@@ -64,15 +98,18 @@ function generateRoute(path: string, operationId: string) {
       }
       ctx.log.info(
         {
-          model: command.model,
+          model: command.plan.model,
+          requested_model: command.requestedModel,
           count: command.count,
-          size: command.parameters.size,
+          size: command.plan.parameters.size,
           ...(config.log.prompts ? {prompt: truncate(command.prompt, 200)} : {}),
         },
         'generation started',
       );
       const {job, replayed} = await generator.generate(command, ctx.requester);
       if (replayed) ctx.res.setHeader('Idempotent-Replayed', 'true');
+      for (const [name, value] of Object.entries(lifecycleHeaders(config.models, job)))
+        ctx.res.setHeader(name, value);
       ctx.labels.job_id = job.id;
       ctx.labels.image_ids = job.images.map(image => image.id).join(',');
       ctx.labels.upstream_ms = String(job.upstream_ms);

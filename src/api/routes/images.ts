@@ -3,12 +3,18 @@ import {z} from 'zod';
 import {deleteImage, findImage, openImage} from '../../core/usecases/images';
 import {sendJson} from '../responses';
 import {defineRoute} from '../route';
-import {DeletedSchema, ImageUrlSchema} from '../views';
+import {DeletedSchema, IMAGE_CONTENT_TYPES, ImageUrlSchema} from '../views';
 
 const ImageParamsSchema = z.object({id: z.string().describe('Image id (a UUID).')});
 
 const IMAGE_CACHE_CONTROL = 'public, max-age=31536000, immutable';
-const IMAGE_TYPES = ['image/png', 'image/jpeg', 'image/webp'];
+
+/**
+ * An SVG is a document that can carry script. Served from the function's own
+ * origin it must never run: no sources at all, inline styles only, and a
+ * sandbox that also denies scripts and same-origin access if opened directly.
+ */
+const IMAGE_CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; sandbox";
 
 function matchesEtag(header: string | undefined, etag: string): boolean {
   if (!header) return false;
@@ -30,7 +36,7 @@ function serveImageRoute(method: 'GET' | 'HEAD') {
     responses: {
       200: {
         description: method === 'GET' ? 'The image; ETag is the quoted sha256' : 'Headers only',
-        ...(method === 'GET' ? {mediaTypes: IMAGE_TYPES} : {}),
+        ...(method === 'GET' ? {mediaTypes: [...IMAGE_CONTENT_TYPES]} : {}),
       },
       304: {description: 'Not modified'},
     },
@@ -44,6 +50,7 @@ function serveImageRoute(method: 'GET' | 'HEAD') {
         ETag: etag,
         'Cache-Control': IMAGE_CACHE_CONTROL,
         'X-Content-Type-Options': 'nosniff',
+        'Content-Security-Policy': IMAGE_CONTENT_SECURITY_POLICY,
       };
       const res = ctx.res;
       if (matchesEtag(ctx.headers['If-None-Match'], etag)) {

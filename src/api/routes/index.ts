@@ -2,6 +2,7 @@ import type {Route} from '../route';
 import {generateRoutes} from './generate';
 import {imageRoutes} from './images';
 import {jobRoutes} from './jobs';
+import {modelRoutes} from './models';
 import {describeApiRoute} from './openapi';
 import {probeRoutes} from './probes';
 
@@ -10,6 +11,7 @@ export const ROUTES: Route[] = [
   ...generateRoutes,
   ...jobRoutes,
   ...imageRoutes,
+  ...modelRoutes,
   ...probeRoutes,
   describeApiRoute(() => ROUTES),
 ];

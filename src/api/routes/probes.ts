@@ -1,5 +1,4 @@
 import {z} from 'zod';
-import {MODEL_IDS} from '../../core/models';
 import {sendJson} from '../responses';
 import {defineRoute, type RouteContext} from '../route';
 
@@ -10,7 +9,7 @@ export const HealthSchema = z
     timestamp: z.string(),
     storage: z.object({kind: z.enum(['local', 'gcs'])}),
     metadata: z.object({kind: z.enum(['local', 'firestore'])}),
-    default_model: z.enum(MODEL_IDS),
+    default_model: z.string(),
   })
   .meta({id: 'Health'});
 

@@ -1,8 +1,20 @@
 import {randomUUID} from 'node:crypto';
 import {AppError, isAppError, storageCall, storageError} from '../errors';
-import {UPSTREAM_PARAMETER_NAMES, type GenerateCommand, type UpstreamParameters} from '../generation';
-import {MODELS, splitIntoCalls} from '../models';
-import type {GeneratedImages, ImageCodec, ImageProvider, MetadataStore, ObjectStore} from '../ports';
+import {
+  UPSTREAM_PARAMETER_NAMES,
+  type GenerateCommand,
+  type RunPlan,
+  type UpstreamParameters,
+} from '../generation';
+import {splitIntoCalls} from '../models';
+import type {
+  GeneratedImage,
+  GeneratedImages,
+  ImageCodec,
+  ImageProvider,
+  MetadataStore,
+  ObjectStore,
+} from '../ports';
 import type {ImageRecord, JobFailure, JobParameters, JobRecord, Usage} from '../records';
 import {objectPathFor} from '../ids';
 
@@ -23,6 +35,7 @@ export interface GenerateOptions {
 interface CallOutcome {
   usage: Usage;
   upstreamMs: number;
+  plan: RunPlan;
 }
 
 /**
@@ -41,7 +54,9 @@ export async function generateImages(
   const now = deps.now ?? (() => new Date());
   const jobId = options.jobId ?? randomUUID();
   const createdAt = now().toISOString();
-  const calls = splitIntoCalls(command.count, MODELS[command.model].maxImagesPerCall);
+  const calls = splitIntoCalls(command.count, command.plan.imagesPerCall);
+  /** The plan calls start with: the fallback once OpenAI has said the planned model is gone. */
+  let current = command.plan;
 
   // Without allowPartial the first failure cancels the calls still in flight:
   // the caller gets an answer sooner and nothing more is stored.
@@ -49,43 +64,43 @@ export async function generateImages(
   const callSignal = options.signal ? AbortSignal.any([options.signal, abort.signal]) : abort.signal;
   const images = Array.from<ImageRecord | undefined>({length: command.count});
 
-  const storeCall = async (result: GeneratedImages, n: number, firstIndex: number): Promise<void> => {
+  const storeImage = async (plan: RunPlan, generated: GeneratedImage, index: number, written: string[]) => {
+    const data = plan.resizeTo ? await deps.codec.resize(generated.data, plan.resizeTo) : generated.data;
+    const info = deps.codec.inspect(data, plan.resizeTo ? undefined : generated.sha256);
+    if (!info) throw new AppError('UPSTREAM_ERROR', 'OpenAI returned data that is not an image');
+    const id = randomUUID();
+    const path = objectPathFor(jobId, index, id, info.extension);
+    callSignal.throwIfAborted();
+    written.push(path);
+    await storageCall(
+      'Could not store a generated image',
+      deps.objects.put(path, data, {
+        contentType: info.contentType,
+        metadata: {sha256: info.sha256, job_id: jobId, image_id: id, model: plan.model},
+      }),
+    );
+    images[index] = {
+      id,
+      job_id: jobId,
+      index,
+      object_path: path,
+      content_type: info.contentType,
+      bytes: info.bytes,
+      sha256: info.sha256,
+      width: info.width,
+      height: info.height,
+      model: plan.model,
+      size: plan.resizeTo ? `${plan.resizeTo.width}x${plan.resizeTo.height}` : plan.parameters.size,
+      prompt: command.prompt,
+      revised_prompt: generated.revisedPrompt,
+      created_at: now().toISOString(),
+    };
+  };
+
+  const storeCall = async (plan: RunPlan, result: GeneratedImages, n: number, firstIndex: number) => {
     const written: string[] = [];
     const outcomes = await Promise.allSettled(
-      result.images.map(async (generated, offset) => {
-        const index = firstIndex + offset;
-        const info = deps.codec.inspect(generated.data, generated.sha256);
-        if (!info) {
-          throw new AppError('UPSTREAM_ERROR', 'OpenAI returned data that is not a PNG, JPEG or WebP image');
-        }
-        const id = randomUUID();
-        const path = objectPathFor(jobId, index, id, info.extension);
-        callSignal.throwIfAborted();
-        written.push(path);
-        await storageCall(
-          'Could not store a generated image',
-          deps.objects.put(path, generated.data, {
-            contentType: info.contentType,
-            metadata: {sha256: info.sha256, job_id: jobId, image_id: id, model: command.model},
-          }),
-        );
-        images[index] = {
-          id,
-          job_id: jobId,
-          index,
-          object_path: path,
-          content_type: info.contentType,
-          bytes: info.bytes,
-          sha256: info.sha256,
-          width: info.width,
-          height: info.height,
-          model: command.model,
-          size: command.parameters.size,
-          prompt: command.prompt,
-          revised_prompt: generated.revisedPrompt,
-          created_at: now().toISOString(),
-        };
-      }),
+      result.images.map((generated, offset) => storeImage(plan, generated, firstIndex + offset, written)),
     );
     const failure = outcomes.find(outcome => outcome.status === 'rejected');
     if (failure) {
@@ -96,18 +111,32 @@ export async function generateImages(
     }
   };
 
-  const runCall = async (n: number, firstIndex: number): Promise<CallOutcome> => {
+  const callWith = (plan: RunPlan, n: number, firstIndex: number): Promise<CallOutcome> => {
     const started = performance.now();
-    const request = {model: command.model, prompt: command.prompt, n, parameters: command.parameters};
+    const request = {model: plan.model, prompt: command.prompt, n, parameters: plan.parameters};
     return deps.provider.generate(
       request,
       async result => {
         const upstreamMs = performance.now() - started;
-        await storeCall(result, n, firstIndex);
-        return {usage: result.usage, upstreamMs};
+        await storeCall(plan, result, n, firstIndex);
+        return {usage: result.usage, upstreamMs, plan};
       },
       callSignal,
     );
+  };
+
+  const runCall = async (n: number, firstIndex: number): Promise<CallOutcome> => {
+    const plan = current;
+    try {
+      return await callWith(plan, n, firstIndex);
+    } catch (error) {
+      // OpenAI says the model is gone before the catalogue did: run once more on its replacement.
+      const {fallback} = command;
+      if (!fallback || plan === fallback || !isAppError(error) || error.code !== 'MODEL_UNAVAILABLE')
+        throw error;
+      current = fallback;
+      return callWith(fallback, n, firstIndex);
+    }
   };
 
   const callStarts: number[] = [];
@@ -142,17 +171,19 @@ export async function generateImages(
     return {first_index: callStarts[call]!, count: calls[call]!, code: error.code, error: error.message};
   });
 
+  const ran = succeeded.at(-1)?.plan ?? current;
   const completedAt = now().toISOString();
   const job: JobRecord = {
     id: jobId,
     status: failures.length > 0 ? 'partial' : 'completed',
     prompt: command.prompt,
     source: command.source,
-    parameters: jobParameters(command),
+    parameters: jobParameters(command, ran),
     metadata: command.metadata,
     usage: sumUsage(succeeded.map(s => s.usage)),
     images: stored,
     failures,
+    warnings: ran.warnings,
     created_at: createdAt,
     updated_at: completedAt,
     completed_at: completedAt,
@@ -170,16 +201,17 @@ export async function generateImages(
   return job;
 }
 
-/** The command's parameters as the job keeps them: every upstream parameter, null where unset. */
-function jobParameters(command: GenerateCommand): JobParameters {
+/** What the job ran with, as it keeps it: every upstream parameter, null where unset. */
+function jobParameters(command: GenerateCommand, plan: RunPlan): JobParameters {
   const stored = Object.fromEntries(
-    UPSTREAM_PARAMETER_NAMES.map(name => [name, command.parameters[name] ?? null]),
+    UPSTREAM_PARAMETER_NAMES.map(name => [name, plan.parameters[name] ?? null]),
   ) as {[K in keyof UpstreamParameters]-?: NonNullable<UpstreamParameters[K]> | null};
   return {
     count: command.count,
-    model: command.model,
+    requested_model: command.requestedModel,
+    model: plan.model,
     ...stored,
-    size: command.parameters.size,
+    size: plan.parameters.size,
     allow_partial: command.allowPartial,
   };
 }

@@ -25,10 +25,16 @@ function sha256(text: string): string {
   return createHash('sha256').update(text).digest('hex');
 }
 
-/** What makes two requests "the same": every parameter, not how it was sent. */
+/**
+ * What makes two requests "the same": what was asked for, not how it was sent
+ * or how it is run (a retry after a model's shutdown runs differently, and is
+ * still the same request).
+ */
 export function fingerprintOf(command: GenerateCommand): string {
-  const {idempotencyKey: _key, source: _source, ...rest} = command;
-  return sha256(JSON.stringify(sortedDeep(rest)));
+  const {prompt, count, requestedModel, requested, metadata, allowPartial} = command;
+  return sha256(
+    JSON.stringify(sortedDeep({prompt, count, requestedModel, requested, metadata, allowPartial})),
+  );
 }
 
 function sortedDeep(value: unknown): unknown {
