@@ -3,7 +3,7 @@
 // Starts the fake OpenAI server and the GCS test server in their own processes,
 // the Firestore emulator when gcloud is there, and the function itself through
 // the real Functions Framework CLI; then measures, in one run:
-//   1. fan-out: count=4 vs count=1 on dall-e-3 (one image per upstream call)
+//   1. fan-out: count=4 vs count=1 of SVG output (one image per upstream call)
 //   2. concurrency: 64 and 256 concurrent generations vs one
 //   3. overhead per image vs an in-process floor (local store and GCS)
 //   4. peak RSS with 64 generations of 1536x1024 in flight
@@ -89,6 +89,10 @@ const BUCKET = 'bench-bucket';
 const PROJECT = 'bench-project';
 const API_KEY = 'sk-bench-key';
 const OVERHEAD_SIZES = ['1024x1024', '1536x1024'];
+/** A current model that makes the standard sizes; the fake's images do not depend on the model. */
+const MODEL = 'gpt-image-2.6-flare';
+/** The smallest answers a current model gives: no size below 1024x1024 is taken any more. */
+const SMALL = {output_format: 'jpeg', output_compression: 20};
 const benchStarted = performance.now();
 const log = message =>
   console.error(`[bench ${((performance.now() - benchStarted) / 1000).toFixed(1)}s] ${message}`);
@@ -222,7 +226,7 @@ async function generate(fn, params, tagPrefix, useAgent) {
   const tag = `${tagPrefix}-${++tagCounter}`;
   const response = await request(`${fn.url}/generate`, {
     method: 'POST',
-    body: {prompt: `a bench image (${tag})`, ...params, user: tag},
+    body: {prompt: `a bench image (${tag})`, ...params, safety_identifier: tag},
     ...(useAgent === undefined ? {} : {useAgent}),
   });
   if (response.status !== 200)
@@ -288,9 +292,10 @@ async function batch(fn, params, tagPrefix, count) {
 async function warmFake() {
   await fake.call('setLatency', 0);
   const specs = [
-    {model: 'gpt-image-1', size: '1024x1024', n: 3},
-    {model: 'gpt-image-1', size: '1536x1024', n: 3},
-    {model: 'dall-e-2', size: '256x256', n: 3, response_format: 'b64_json'},
+    {model: MODEL, size: '1024x1024', n: 3},
+    {model: MODEL, size: '1536x1024', n: 3},
+    {model: MODEL, size: '1024x1024', n: 3, ...SMALL},
+    {model: MODEL, size: '1024x1024', n: 1, output_format: 'svg'},
   ];
   await Promise.all(specs.map(spec => fakeImagesBase64(spec)));
   await fake.call('setLatency', config.latencyMs);
@@ -313,8 +318,8 @@ async function fakeImagesBase64(body) {
 // 1. Fan-out
 
 async function measureFanOut(fn) {
-  log('1. fan-out: dall-e-3 count=4 vs count=1');
-  const params = {model: 'dall-e-3', size: '1024x1024'};
+  log('1. fan-out: SVG count=4 vs count=1');
+  const params = {model: MODEL, size: '1024x1024', output_format: 'svg'};
   await sequential(fn, {...params, count: 4}, 'warm', 1);
   await upstreamByTag();
   const one = [];
@@ -336,7 +341,14 @@ async function measureFanOut(fn) {
   };
   figure.ratio = figure.count4 / figure.count1;
   results.figures.fanOut = figure;
-  target('1', 'Fan-out: count=4 / count=1 (dall-e-3)', figure.ratio, 1.2, ratio, figure.errors);
+  target(
+    '1',
+    'Fan-out: count=4 / count=1 (SVG, one image per call)',
+    figure.ratio,
+    1.2,
+    ratio,
+    figure.errors,
+  );
 }
 
 // ---------------------------------------------------------------------------
@@ -407,7 +419,7 @@ async function measureOverhead(fn, storeLabel) {
   await fake.call('setLatency', config.overheadLatencyMs);
   const rows = [];
   for (const size of OVERHEAD_SIZES) {
-    const params = {model: 'gpt-image-1', size};
+    const params = {model: MODEL, size};
     await sequential(fn, params, 'warm', 3);
     await upstreamByTag();
     const cpuBefore = cpuSnapshot(fn);
@@ -545,7 +557,7 @@ async function measureFloors(kind) {
     db = new Firestore({projectId: PROJECT, ignoreUndefinedProperties: true});
   }
   for (const size of OVERHEAD_SIZES) {
-    const body = await fakeResponseBody({model: 'gpt-image-1', size});
+    const body = await fakeResponseBody({model: MODEL, size});
     const b64 = JSON.parse(body.toString('utf8')).data[0].b64_json;
     const cpuBefore = process.cpuUsage();
     const times =
@@ -603,7 +615,7 @@ async function measureMemory(mode) {
   if (mode === 'gcs') await gcs.call('reset');
   const fn = await startImageGen(mode);
   try {
-    const params = {model: 'gpt-image-1', size: '1536x1024'};
+    const params = {model: MODEL, size: '1536x1024'};
     await sequential(fn, params, 'warm', 3);
     await upstreamByTag();
     await sleep(200);
@@ -673,7 +685,7 @@ async function coldGeneration(variant) {
     for (;;) {
       if (fn.exited()) throw new Error(`${variant} exited:\n${fn.output()}`);
       try {
-        const run = await generate(fn, {model: 'gpt-image-1', size: '1024x1024'}, `cold-${variant}`, false);
+        const run = await generate(fn, {model: MODEL, size: '1024x1024'}, `cold-${variant}`, false);
         if (run.status !== 200) throw new Error(`${variant}: first generation answered ${run.status}`);
         const at = performance.now();
         const upstream = (await upstreamByTag()).get(run.tag);
@@ -810,7 +822,7 @@ function report() {
 
   if (f.fanOut) {
     const x = f.fanOut;
-    out.push('1. Fan-out (dall-e-3, 1024x1024, sequential, medians)');
+    out.push(`1. Fan-out (${MODEL}, SVG output: one image per call, sequential, medians)`);
     out.push(
       table(
         ['request', 'client latency', 'upstream calls', 'upstream span', 'in function', 'ratio'],
@@ -941,7 +953,7 @@ function report() {
     out.push('');
   }
   if (f.memory) {
-    out.push('4. Memory — 64 x gpt-image-1 1536x1024 PNG in flight on a fresh, warmed process');
+    out.push(`4. Memory — 64 x ${MODEL} 1536x1024 PNG in flight on a fresh, warmed process`);
     out.push(
       table(
         ['store', 'idle RSS', 'peak RSS', 'batch latency', 'in fn p50', 'errors', 'peak from'],
@@ -1069,15 +1081,16 @@ async function main() {
   }
   if (runs(2)) {
     await withFunction('local', fn =>
-      measureConcurrency(fn, 'gpt-image-1 1024x1024 PNG, local store', {
-        model: 'gpt-image-1',
+      measureConcurrency(fn, `${MODEL} 1024x1024 PNG, local store`, {
+        model: MODEL,
         size: '1024x1024',
       }),
     );
     await withFunction('local', fn =>
-      measureConcurrency(fn, 'dall-e-2 256x256 PNG (small payload), local store', {
-        model: 'dall-e-2',
-        size: '256x256',
+      measureConcurrency(fn, `${MODEL} 1024x1024 JPEG at 20 (small payload), local store`, {
+        model: MODEL,
+        size: '1024x1024',
+        ...SMALL,
       }),
     );
   }
@@ -1096,8 +1109,8 @@ async function main() {
       await withFunction('gcs', fn =>
         measureConcurrency(
           fn,
-          'gpt-image-1 1024x1024 PNG, GCS + Firestore',
-          {model: 'gpt-image-1', size: '1024x1024'},
+          `${MODEL} 1024x1024 PNG, GCS + Firestore`,
+          {model: MODEL, size: '1024x1024'},
           [64],
           false,
         ),
