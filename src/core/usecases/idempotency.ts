@@ -127,7 +127,7 @@ export class IdempotentGenerator {
   /** Reserves quota, generates, and gives the quota back if generation fails. */
   private async run(command: GenerateCommand, requester: Requester, jobId?: string): Promise<JobRecord> {
     const now = this.deps.now?.() ?? new Date();
-    const release = await reserveDailyQuota(this.deps.metadata, requester, command.count, now);
+    const release = await reserveDailyQuota(this.deps, requester, command.count, now);
     try {
       return await generateImages(this.deps, command, jobId === undefined ? {} : {jobId});
     } catch (error) {

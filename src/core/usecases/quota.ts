@@ -14,13 +14,15 @@ const NOTHING_TO_RELEASE: ReleaseQuota = async () => undefined;
  * quota reserve nothing.
  */
 export async function reserveDailyQuota(
-  metadata: MetadataStore,
+  stores: {readonly metadata: MetadataStore},
   requester: Requester,
   images: number,
   now: Date = new Date(),
 ): Promise<ReleaseQuota> {
   if (requester.kind !== 'api-key' || requester.dailyQuota === null) return NOTHING_TO_RELEASE;
   const {name, dailyQuota: limit} = requester;
+  // Only now: building the store loads its client, which a request without a quota must not wait for.
+  const {metadata} = stores;
   const day = now.toISOString().slice(0, 10);
   const result = await storageCall(
     'Could not check the daily quota',
