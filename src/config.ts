@@ -1,3 +1,4 @@
+import {createHash} from 'node:crypto';
 import {z} from 'zod';
 import type {OpenAIProviderOptions} from './adapters/openai/provider';
 import {CatalogueError, DEFAULT_MODEL_ID, ModelCatalogue} from './core/catalogue';
@@ -99,6 +100,10 @@ const EnvSchema = z.object({
   MAX_CONCURRENT_DECODES: intInRange(1, 256, 4),
   /** Deadline for one Firestore call; the client has none for an unreachable backend. */
   FIRESTORE_TIMEOUT_SECONDS: intInRange(1, 300, 20),
+  /** Deadline for one Cloud Storage call (the client has none that works on Node). */
+  STORAGE_TIMEOUT_SECONDS: intInRange(1, 600, 60),
+  /** Local mode: how often the reconciler runs in the background (0: only at start). */
+  RECONCILE_INTERVAL_SECONDS: intInRange(0, 86_400, 300),
   UPSTREAM_MAX_RETRIES: intInRange(0, 10, 2),
   /**
    * Caller API keys for public deployments: comma-separated `name:key` or
@@ -112,20 +117,22 @@ const EnvSchema = z.object({
       .map(e => e.trim())
       .filter(Boolean)
       .entries()) {
-      const match = /^([A-Za-z0-9_-]{1,64}):([\x21-\x2b\x2d-\x39\x3b-\x7e]{16,256})(?::(\d{1,9}))?$/.exec(
-        entry,
-      );
+      const match =
+        /^([A-Za-z0-9_-]{1,64}):([\x21-\x2b\x2d-\x39\x3b-\x7e]{16,256})(?::(\d{0,9}))?(?::(admin|user))?$/.exec(
+          entry,
+        );
       if (!match) {
         ctx.addIssue({
           code: 'custom',
-          message: `entry ${position + 1} must be name:key or name:key:daily_quota (name: letters, digits, _ -; key: 16+ printable characters without , or :)`,
+          message: `entry ${position + 1} must be name:key[:daily_quota][:admin] (name: letters, digits, _ -; key: 16+ printable characters without , or :)`,
         });
         continue;
       }
       keys.push({
         name: match[1]!,
         key: match[2]!,
-        dailyQuota: match[3] === undefined ? null : Number(match[3]),
+        dailyQuota: match[3] ? Number(match[3]) : null,
+        admin: match[4] === 'admin',
       });
     }
     if (new Set(keys.map(k => k.name)).size !== keys.length) {
@@ -137,6 +144,11 @@ const EnvSchema = z.object({
     z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).optional().default('info'),
   ),
   LOG_PROMPTS: booleanFlag(true),
+  /**
+   * Signs proxy image URLs when API keys are on. Unset: derived from the keys,
+   * so every instance agrees and rotating the keys also rotates it.
+   */
+  URL_SIGNING_SECRET: optionalText.pipe(z.string().min(32, 'must be at least 32 characters').optional()),
   /** Set by Cloud Run functions: the entry point, used in cloudfunctions.net URLs. */
   FUNCTION_TARGET: optionalText,
 });
@@ -149,6 +161,8 @@ export interface ApiKey {
   key: string;
   /** Images per UTC day, or null for no limit. */
   dailyQuota: number | null;
+  /** Sees and touches every caller's jobs, and may run operator tasks. */
+  admin: boolean;
 }
 
 export interface Config {
@@ -172,10 +186,17 @@ export interface Config {
    * How image URLs are made: `signed` V4 URLs, `public` object URLs, or
    * `proxy` through this function's GET /images/:id.
    */
-  urls: {mode: 'signed' | 'public' | 'proxy'; signedTtlSeconds: number};
+  urls: {
+    mode: 'signed' | 'public' | 'proxy';
+    signedTtlSeconds: number;
+    /** Proxy mode with API keys: the HMAC key that signs /images/:id URLs; null without keys. */
+    proxySigningKey: Buffer | null;
+  };
   publicBaseUrl: string | undefined;
   maxBodyBytes: number;
   metadataTimeoutMs: number;
+  storageTimeoutMs: number;
+  reconcileIntervalMs: number;
   /** Empty: no key check. */
   apiKeys: ApiKey[];
   functionTarget: string | undefined;
@@ -264,10 +285,23 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
           storageEndpoint: e.STORAGE_EMULATOR_HOST?.replace(/^(?!https?:\/\/)/, 'http://'),
         }
       : {kind: 'local', dataDir: e.DATA_DIR ?? './data'},
-    urls: {mode: urlMode, signedTtlSeconds: e.SIGNED_URL_TTL_SECONDS},
+    urls: {
+      mode: urlMode,
+      signedTtlSeconds: e.SIGNED_URL_TTL_SECONDS,
+      proxySigningKey:
+        e.API_KEYS.length === 0
+          ? null
+          : createHash('sha256')
+              .update(
+                `imagegen proxy URLs\n${e.URL_SIGNING_SECRET ?? e.API_KEYS.map(k => `${k.name}:${k.key}`).join(',')}`,
+              )
+              .digest(),
+    },
     publicBaseUrl: e.PUBLIC_BASE_URL?.replace(/\/+$/, ''),
     maxBodyBytes: e.MAX_BODY_BYTES,
     metadataTimeoutMs: e.FIRESTORE_TIMEOUT_SECONDS * 1000,
+    storageTimeoutMs: e.STORAGE_TIMEOUT_SECONDS * 1000,
+    reconcileIntervalMs: e.RECONCILE_INTERVAL_SECONDS * 1000,
     apiKeys: e.API_KEYS,
     functionTarget: e.FUNCTION_TARGET,
     log: {level: e.LOG_LEVEL, prompts: e.LOG_PROMPTS},

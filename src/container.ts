@@ -3,14 +3,15 @@ import type {AppServices} from './api/route';
 import type {Config} from './config';
 import type {MetadataStore, ObjectStore} from './core/ports';
 import {IdempotentGenerator} from './core/usecases/idempotency';
-import {withDeadlines} from './adapters/firestore/deadline';
-import {FirestoreMetadataStore} from './adapters/firestore/metadata-store';
-import {GcsObjectStore} from './adapters/gcs/object-store';
+import {withDeadlines} from './adapters/deadline';
+import {FIRESTORE_DEADLINES, FirestoreMetadataStore} from './adapters/firestore/metadata-store';
+import {GCS_DEADLINES, GcsObjectStore} from './adapters/gcs/object-store';
 import {HeaderImageCodec} from './adapters/imaging/image-codec';
 import {LocalMetadataStore} from './adapters/local/metadata-store';
 import {LocalObjectStore} from './adapters/local/object-store';
 import {OpenAIImageProvider} from './adapters/openai/provider';
-import {createLogger} from './logger';
+import {createLogger, type Logger} from './logger';
+import {reconcile, type ReconcileReport} from './core/usecases/reconcile';
 
 interface Stores {
   objects: ObjectStore;
@@ -54,11 +55,25 @@ export function createServices(config: Config, options: ServiceOptions = {}): Ap
 
   const provider = new OpenAIImageProvider({...config.openai, whileWaiting});
   let generator: IdempotentGenerator | undefined;
+  const logger = createLogger(config.log.level, options.logDestination);
+
+  const runReconciler = async (scope: 'recent' | 'full', limit: number): Promise<ReconcileReport> => {
+    const report = await reconcile(
+      {...getStores(), now},
+      {leaseMs: config.idempotency.leaseMs, limit, scope},
+    );
+    const repairs = Object.values(report).reduce((sum, list) => sum + list.length, 0);
+    logger[repairs > 0 ? 'warn' : 'info']({reconcile: report, repairs}, `reconciler: ${repairs} repairs`);
+    return report;
+  };
+  if (config.storage.kind === 'local')
+    scheduleLocalReconciler(config, logger, () => runReconciler('recent', 100));
 
   return {
     config,
     now,
-    logger: createLogger(config.log.level, options.logDestination),
+    logger,
+    reconcile: ({scope, limit}) => runReconciler(scope, limit),
     provider,
     storeKinds:
       config.storage.kind === 'local'
@@ -89,6 +104,18 @@ export function createServices(config: Config, options: ServiceOptions = {}): Ap
   };
 }
 
+/**
+ * Locally nothing else runs the reconciler: it runs once at start and then
+ * every RECONCILE_INTERVAL_SECONDS, never holding the process open.
+ */
+function scheduleLocalReconciler(config: Config, logger: Logger, run: () => Promise<unknown>): void {
+  const pass = () => {
+    run().catch(error => logger.error({err: error}, 'reconciler pass failed'));
+  };
+  setImmediate(pass).unref();
+  if (config.reconcileIntervalMs > 0) setInterval(pass, config.reconcileIntervalMs).unref();
+}
+
 function createStores(config: Config): Stores {
   if (config.storage.kind === 'local') {
     return {
@@ -113,11 +140,21 @@ function createStores(config: Config): Stores {
     ignoreUndefinedProperties: true,
   });
   return {
-    objects: new GcsObjectStore(storage.bucket(bucket), {
-      readBucket: readStorage.bucket(bucket),
-      // In public mode PUBLIC_BASE_URL names where objects are served from (a CDN, say).
-      ...(config.urls.mode === 'public' && config.publicBaseUrl ? {publicBaseUrl: config.publicBaseUrl} : {}),
-    }),
-    metadata: withDeadlines(new FirestoreMetadataStore(db, firestore.FieldPath), config.metadataTimeoutMs),
+    objects: withDeadlines(
+      new GcsObjectStore(storage.bucket(bucket), {
+        readBucket: readStorage.bucket(bucket),
+        // In public mode PUBLIC_BASE_URL names where objects are served from (a CDN, say).
+        ...(config.urls.mode === 'public' && config.publicBaseUrl
+          ? {publicBaseUrl: config.publicBaseUrl}
+          : {}),
+      }),
+      config.storageTimeoutMs,
+      GCS_DEADLINES,
+    ),
+    metadata: withDeadlines(
+      new FirestoreMetadataStore(db, firestore.FieldPath),
+      config.metadataTimeoutMs,
+      FIRESTORE_DEADLINES,
+    ),
   };
 }

@@ -8,7 +8,7 @@ import {readJsonBody, type ParsedRequest} from './body';
 import {sendError, toAppError} from './responses';
 import type {AppServices, Method, Route} from './route';
 import {ROUTES} from './routes';
-import {imageLinker, type ImageLinker} from './urls';
+import {imageLinker, verifyProxySignature, type ImageLinker} from './urls';
 
 interface CompiledRoute {
   route: Route;
@@ -53,6 +53,32 @@ function queryOf(url: URL): Record<string, string> {
 function headersOf(schema: z.ZodType | undefined, req: IncomingMessage): Record<string, unknown> {
   if (!(schema instanceof z.ZodObject)) return {};
   return Object.fromEntries(Object.keys(schema.shape).map(name => [name, req.headers[name.toLowerCase()]]));
+}
+
+/**
+ * A URL this function signed for the image it names is its own credential.
+ * An expired or forged signature is refused outright, so a caller learns why.
+ */
+function signedUrlRequester(
+  route: Route,
+  config: AppServices['config'],
+  imageId: string | undefined,
+  query: Record<string, string>,
+  now: Date,
+): Requester | null {
+  const key = config.urls.proxySigningKey;
+  if (!route.signedUrls || !key || imageId === undefined) return null;
+  const {expires, signature} = query;
+  if (expires === undefined || signature === undefined) return null;
+  if (!/^\d{1,12}$/.test(expires) || !/^[0-9a-f]{64}$/.test(signature)) return null;
+  const verdict = verifyProxySignature(key, imageId, expires, signature, now);
+  if (verdict === 'valid') return {kind: 'signed-url', imageId};
+  throw new AppError(
+    'UNAUTHENTICATED',
+    verdict === 'expired'
+      ? 'This image URL has expired; GET /images/:id/url gives a fresh one'
+      : 'This image URL is not one this function signed',
+  );
 }
 
 /** The function's HTTP face: routes every request, answers every failure with our JSON error, logs it. */

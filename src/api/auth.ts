@@ -25,7 +25,7 @@ function presentedKeys(req: IncomingMessage): string[] {
  * Authorization header carries Google's ID token, so X-API-Key is checked too.
  */
 export function authenticate(req: IncomingMessage, keys: readonly ApiKey[]): Requester {
-  if (keys.length === 0) return {kind: 'iam'};
+  if (keys.length === 0) return {kind: 'iam', email: verifiedEmail(req)};
   const presented = presentedKeys(req).map(digest);
   let found: ApiKey | undefined;
   for (const key of keys) {
@@ -42,5 +42,29 @@ export function authenticate(req: IncomingMessage, keys: readonly ApiKey[]): Req
         : 'The API key is not valid',
     );
   }
-  return {kind: 'api-key', name: found.name, dailyQuota: found.dailyQuota};
+  return {kind: 'api-key', name: found.name, admin: found.admin, dailyQuota: found.dailyQuota};
+}
+
+/**
+ * The caller's email from the Google ID token Cloud Run verified before the
+ * request reached the function (Cloud Run passes the Authorization header
+ * on). Only a label of who made a job: the signature is Cloud Run's to check,
+ * and without keys nothing is enforced by it.
+ */
+function verifiedEmail(req: IncomingMessage): string | null {
+  const authorization = req.headers.authorization;
+  const token =
+    typeof authorization === 'string' ? /^Bearer\s+([\w-]+)\.([\w-]+)\.([\w-]+)$/i.exec(authorization) : null;
+  if (!token) return null;
+  try {
+    const claims = JSON.parse(Buffer.from(token[2]!, 'base64url').toString('utf8')) as {
+      email?: unknown;
+      email_verified?: unknown;
+    };
+    return typeof claims.email === 'string' && claims.email_verified !== false && claims.email.length <= 320
+      ? claims.email
+      : null;
+  } catch {
+    return null;
+  }
 }

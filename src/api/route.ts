@@ -4,6 +4,7 @@ import type {Config} from '../config';
 import type {ErrorCode} from '../core/errors';
 import type {ImageProvider, MetadataStore, ObjectStore} from '../core/ports';
 import type {IdempotentGenerator} from '../core/usecases/idempotency';
+import type {ReconcileReport} from '../core/usecases/reconcile';
 import type {Requester} from '../core/requester';
 import type {Logger} from '../logger';
 import type {ParsedRequest} from './body';
@@ -18,6 +19,8 @@ export interface AppServices {
   readonly objects: ObjectStore;
   readonly metadata: MetadataStore;
   readonly generator: IdempotentGenerator;
+  /** One pass of the reconciler over the stores (each repair is logged). */
+  reconcile(options: {scope: 'recent' | 'full'; limit: number}): Promise<ReconcileReport>;
   /** The clock: what is retired, and quota days, depend on it. */
   now: () => Date;
   /** What the stores are, known without building them. */
@@ -68,6 +71,8 @@ export interface Route<P = any, Q = any, H = any, B = any> {
   summary: string;
   /** Open without an API key (health probes, the API description). */
   open?: boolean;
+  /** Also answers, without a key, a URL this function signed for the image named by the `id` parameter. */
+  signedUrls?: boolean;
   params?: z.ZodType<P>;
   query?: z.ZodType<Q>;
   /** Request headers, by their canonical names. */

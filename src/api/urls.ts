@@ -1,3 +1,4 @@
+import {createHmac, timingSafeEqual} from 'node:crypto';
 import type {IncomingMessage} from 'node:http';
 import type {Config} from '../config';
 import {storageError} from '../core/errors';
@@ -62,5 +63,37 @@ export function imageLinker(config: Config, store: ObjectStore, req: IncomingMes
     publicBaseUrl: mode === 'proxy' ? config.publicBaseUrl : undefined,
     functionTarget: config.functionTarget,
   });
-  return async image => ({url: `${base}/images/${image.id}`, url_expires_at: null, gcs_uri: gcsUri(image)});
+  const key = config.urls.proxySigningKey;
+  if (!key) {
+    return async image => ({url: `${base}/images/${image.id}`, url_expires_at: null, gcs_uri: gcsUri(image)});
+  }
+  // With API keys, a proxy URL carries its own short-lived credential (like a
+  // GCS signed URL), so it works in an <img> that cannot send a header.
+  return async image => {
+    const expires = Math.floor(Date.now() / 1000) + signedTtlSeconds;
+    const signature = proxySignature(key, image.id, expires);
+    return {
+      url: `${base}/images/${image.id}?expires=${expires}&signature=${signature}`,
+      url_expires_at: new Date(expires * 1000).toISOString(),
+      gcs_uri: gcsUri(image),
+    };
+  };
+}
+
+function proxySignature(key: Buffer, imageId: string, expires: number): string {
+  return createHmac('sha256', key).update(`${imageId}\n${expires}`).digest('hex');
+}
+
+/** Whether a proxy URL's signature is ours for this image and has not expired. */
+export function verifyProxySignature(
+  key: Buffer,
+  imageId: string,
+  expires: string,
+  signature: string,
+  now: Date,
+): 'valid' | 'expired' | 'invalid' {
+  const expected = Buffer.from(proxySignature(key, imageId, Number(expires)), 'hex');
+  const given = Buffer.from(signature, 'hex');
+  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return 'invalid';
+  return Number(expires) * 1000 > now.getTime() ? 'valid' : 'expired';
 }

@@ -3,6 +3,7 @@ import {ERROR_CODES} from '../core/errors';
 import {
   JOB_STATUSES,
   JobFailureSchema,
+  JobErrorSchema,
   JobParametersSchema,
   WarningSchema,
   type ImageRecord,
@@ -45,11 +46,17 @@ export const ImageViewSchema = z
 export const JobViewSchema = z
   .object({
     job_id: z.uuid(),
-    status: z.enum(JOB_STATUSES).describe('`partial`: see `failures` (only with allow_partial).'),
+    status: z
+      .enum(JOB_STATUSES)
+      .describe(
+        '`running`: not finished yet; `partial`: see `failures` (allow_partial); `failed`: see `error`.',
+      ),
+    owner: z.string().nullable().describe('Who made it: the API key name, or the IAM caller email.'),
     image_url: z.string().nullable().describe('URL of the first image; null once every image is deleted.'),
     images: z.array(ImageViewSchema),
     failures: z.array(JobFailureSchema),
     warnings: z.array(WarningSchema).describe('How the request was run differently from how it was sent.'),
+    error: JobErrorSchema.nullable().describe('Why a failed job made nothing.'),
     usage: z
       .record(z.string(), z.unknown())
       .nullable()
@@ -99,7 +106,7 @@ export const ErrorBodySchema = z
 export type ImageView = z.infer<typeof ImageViewSchema>;
 export type JobView = z.infer<typeof JobViewSchema>;
 
-export async function imageView(image: ImageRecord, links: ImageLinker): Promise<ImageView> {
+export async function imageView(image: ImageRecord, job: JobRecord, links: ImageLinker): Promise<ImageView> {
   return {
     id: image.id,
     ...(await links(image)),
@@ -110,20 +117,22 @@ export async function imageView(image: ImageRecord, links: ImageLinker): Promise
     height: image.height,
     model: image.model,
     size: image.size,
-    prompt: image.prompt,
+    prompt: job.prompt,
     revised_prompt: image.revised_prompt,
   };
 }
 
 export async function jobView(job: JobRecord, links: ImageLinker): Promise<JobView> {
-  const images = await Promise.all(job.images.map(image => imageView(image, links)));
+  const images = await Promise.all(job.images.map(image => imageView(image, job, links)));
   return {
     job_id: job.id,
     status: job.status,
+    owner: job.owner,
     image_url: images[0]?.url ?? null,
     images,
     failures: job.failures,
     warnings: job.warnings,
+    error: job.error,
     usage: job.usage,
     prompt: job.prompt,
     parameters: job.parameters,

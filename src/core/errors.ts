@@ -10,6 +10,7 @@ export const ERROR_CODES = [
   'UNSUPPORTED_MEDIA_TYPE',
   'PAYLOAD_TOO_LARGE',
   'UNAUTHENTICATED',
+  'FORBIDDEN',
   'NOT_FOUND',
   'METHOD_NOT_ALLOWED',
   'IMAGE_NOT_FOUND',
@@ -25,6 +26,8 @@ export const ERROR_CODES = [
   'UPSTREAM_ERROR',
   'UPSTREAM_TIMEOUT',
   'STORAGE_ERROR',
+  'JOB_OUTCOME_UNKNOWN',
+  'JOB_RUNNING',
   'SERVICE_ERROR',
 ] as const;
 
@@ -87,6 +90,22 @@ export function zodProblems(error: z.ZodError): FieldProblem[] {
     }
     return [{field: path.join('.') || '(body)', message}];
   });
+}
+
+/**
+ * A store could not say whether a write took effect (a deadline passed, the
+ * connection broke): it may have, now or later. Callers settle it by reading,
+ * or by writing again, never by assuming it failed.
+ */
+export class OutcomeUnknownError extends Error {
+  constructor(message: string, options?: {cause?: unknown}) {
+    super(message, options);
+    this.name = 'OutcomeUnknownError';
+  }
+}
+
+export function isOutcomeUnknown(error: unknown): boolean {
+  return error instanceof OutcomeUnknownError;
 }
 
 /** What a request names does not exist (or is not the caller's to see). */

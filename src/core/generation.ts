@@ -37,9 +37,16 @@ const promptText = z
   .min(1, 'must not be empty')
   .refine(s => !CONTROL_CHARS.test(s), 'must not contain control characters');
 
+/**
+ * Metadata keys: what every store keeps and filters on as is. Firestore
+ * reserves field names of the form __name__, so they are refused here,
+ * before anything is paid for, rather than by the store after.
+ */
+export const METADATA_KEY_FORMAT = /^(?!__.*__$)[A-Za-z0-9_.-]{1,64}$/;
+
 const metadataKey = z
   .string()
-  .regex(/^[A-Za-z0-9_.-]{1,64}$/, 'keys are 1-64 characters of letters, digits, _ . -');
+  .regex(METADATA_KEY_FORMAT, 'keys are 1-64 characters of letters, digits, _ . - (not __name__)');
 
 /** Small caller-supplied labels stored with the job (for example a caller's own ids). */
 export const JobMetadataSchema = z
@@ -110,7 +117,22 @@ const jobFields = {
     .regex(IDEMPOTENCY_KEY_FORMAT, '1-255 printable ASCII characters without spaces')
     .optional()
     .describe('Same as the Idempotency-Key header, for callers that cannot set headers.'),
+  stream: z
+    .boolean()
+    .optional()
+    .describe(
+      'Answer with Server-Sent Events: partial images while OpenAI works, then the job (also Accept: text/event-stream).',
+    ),
+  partial_images: z
+    .int()
+    .min(0)
+    .max(3)
+    .optional()
+    .describe('Partial images per image when streaming, 0-3 (default 2).'),
 };
+
+/** Partial images per image when a stream names none. */
+export const DEFAULT_PARTIAL_IMAGES = 2;
 
 const requestFields = {...jobFields, ...UpstreamParametersSchema.shape};
 
@@ -128,6 +150,8 @@ export interface GenerateRequest {
   parameters: UpstreamParameters;
   /** Sent as `user`, the deprecated name of safety_identifier. */
   userAlias: boolean;
+  /** Asked to stream, with this many partial images per image; null when not. */
+  stream: {partialImages: number} | null;
   metadata: Record<string, string>;
   allowPartial: boolean;
   idempotencyKey: string | undefined;
@@ -157,6 +181,7 @@ function toRequest(
     model: fields.model,
     parameters,
     userAlias,
+    stream: fields.stream ? {partialImages: fields.partial_images ?? DEFAULT_PARTIAL_IMAGES} : null,
     metadata: fields.metadata ?? {},
     allowPartial: fields.allow_partial ?? false,
     idempotencyKey: fields.idempotency_key,
@@ -227,6 +252,11 @@ export interface RunPlan {
   resizeTo: {width: number; height: number} | null;
   /** Images one upstream call may make; the count is split into calls of at most this many. */
   imagesPerCall: number;
+  /**
+   * Streamed calls: partial images per image (one image per call). Null when
+   * not streamed, or when the model or format cannot stream (GIF, SVG).
+   */
+  partialImages: number | null;
   warnings: GenerationWarning[];
 }
 
@@ -318,9 +348,26 @@ export function ruleProblems(
   return problems;
 }
 
-/** Images per upstream call: SVG is made one image per call. */
-export function imagesPerCall(rules: ModelRules, parameters: UpstreamParameters): number {
-  return parameters.output_format === 'svg' ? 1 : rules.maxImagesPerCall;
+/** Partial images a streamed call asks for, or null when this model and format do not stream. */
+function partialImagesFor(
+  rules: ModelRules,
+  parameters: UpstreamParameters,
+  stream: GenerateRequest['stream'],
+): number | null {
+  const format = parameters.output_format ?? 'png';
+  if (!stream || !rules.streams || format === 'gif' || format === 'svg') return null;
+  return stream.partialImages;
+}
+
+/** How a plan splits its images into calls: SVG, and every streamed image, one per call. */
+function callShape(
+  rules: ModelRules,
+  parameters: UpstreamParameters,
+  stream: GenerateRequest['stream'],
+): Pick<RunPlan, 'imagesPerCall' | 'partialImages'> {
+  const partialImages = partialImagesFor(rules, parameters, stream);
+  const single = parameters.output_format === 'svg' || partialImages !== null;
+  return {imagesPerCall: single ? 1 : rules.maxImagesPerCall, partialImages};
 }
 
 /**
@@ -357,7 +404,7 @@ export function planGeneration(request: GenerateRequest, context: PlanContext): 
     model: entry.id,
     parameters: {...request.parameters, size},
     resizeTo: null,
-    imagesPerCall: imagesPerCall(entry.rules, request.parameters),
+    ...callShape(entry.rules, request.parameters, request.stream),
     warnings: [],
   };
   if (request.userAlias) {
@@ -387,7 +434,7 @@ export function planGeneration(request: GenerateRequest, context: PlanContext): 
         },
       );
     }
-    plan = translate(entry, successor, base, field);
+    plan = translate(entry, successor, base, field, request.stream);
   } else {
     const deprecated =
       status === 'deprecated'
@@ -404,7 +451,7 @@ export function planGeneration(request: GenerateRequest, context: PlanContext): 
         : [];
     plan = {...base, warnings: [...deprecated, ...base.warnings]};
     // A model OpenAI withdraws early still runs, on its replacement (see the use case).
-    if (successor) fallback = translate(entry, successor, base, field);
+    if (successor) fallback = translate(entry, successor, base, field, request.stream);
   }
   return {
     source: request.source,
@@ -440,6 +487,7 @@ export function translate(
   target: ModelEntry,
   base: RunPlan,
   field: (name: string) => string,
+  stream: GenerateRequest['stream'] = null,
 ): RunPlan {
   const rules = target.rules;
   const note = (code: GenerationWarning['code'], name: string, message: string) =>
@@ -516,7 +564,7 @@ export function translate(
       parameters.size = 'auto';
     }
   }
-  return {model: target.id, parameters, resizeTo, imagesPerCall: imagesPerCall(rules, parameters), warnings};
+  return {model: target.id, parameters, resizeTo, ...callShape(rules, parameters, stream), warnings};
 }
 
 /** The model's named size closest in shape to `wanted`, the smallest of those that are not smaller. */

@@ -17,6 +17,7 @@ function isAfter(job: JobRecord, cursor: JobCursor): boolean {
 export function matchesQuery(job: JobRecord, query: JobQuery): boolean {
   if (query.after && !isAfter(job, query.after)) return false;
   if (query.status && job.status !== query.status) return false;
+  if (query.owner !== undefined && job.owner !== query.owner) return false;
   if (query.metadata && job.metadata[query.metadata.key] !== query.metadata.value) return false;
   return true;
 }

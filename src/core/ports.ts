@@ -1,6 +1,6 @@
 import type {Readable} from 'node:stream';
 import type {UpstreamParameters} from './generation';
-import type {ImageRecord, JobRecord, JobStatus, Usage} from './records';
+import type {ImageRecord, JobError, JobRecord, JobStatus, Usage} from './records';
 
 /** One upstream call: at most the model's per-call image limit. */
 export interface UpstreamRequest {
@@ -8,6 +8,21 @@ export interface UpstreamRequest {
   prompt: string;
   n: number;
   parameters: UpstreamParameters;
+  /** Stream the image (n is then 1), with up to this many partial images on the way (0-3). */
+  partialImages?: number;
+}
+
+/** A rough image OpenAI sends while it works on a streamed call, base64 as it came. */
+export interface PartialImage {
+  partialImageIndex: number;
+  b64: string;
+  contentType: string;
+}
+
+export interface CallOptions {
+  signal?: AbortSignal;
+  /** Called with each partial image of a streamed call, in order. */
+  onPartial?: (partial: PartialImage) => void;
 }
 
 export interface GeneratedImage {
@@ -33,7 +48,7 @@ export interface ImageProvider {
   generate<T>(
     request: UpstreamRequest,
     store: (result: GeneratedImages) => Promise<T>,
-    signal?: AbortSignal,
+    options?: CallOptions,
   ): Promise<T>;
 }
 
@@ -54,19 +69,35 @@ export interface ImageCodec {
   resize(data: Buffer, size: {width: number; height: number}): Promise<Buffer>;
 }
 
+/** What a store knows of one object without reading it. */
+export interface ObjectInfo {
+  path: string;
+  bytes: number;
+  contentType: string;
+  /** The metadata it was written with. */
+  metadata: Record<string, string>;
+  createdAt: Date;
+}
+
 /** Bytes by path. Paths are built by the use cases, never from caller input. */
 export interface ObjectStore {
-  /** Writes the object; fails if it already exists, so nothing is overwritten. */
+  /**
+   * Writes the object; fails if another object exists there, so nothing is
+   * overwritten. Writing the same bytes again (a retry of a write whose answer
+   * was lost) succeeds.
+   */
   put(
     path: string,
     data: Buffer,
     info: {contentType: string; metadata: Record<string, string>},
   ): Promise<void>;
   read(path: string): Promise<Readable | null>;
+  /** What is known of the object, or null when there is none. */
+  stat(path: string): Promise<ObjectInfo | null>;
   /** Returns false when there was nothing to delete. */
   delete(path: string): Promise<boolean>;
-  /** Object paths under a prefix, in lexicographic order. */
-  list(prefix: string): Promise<string[]>;
+  /** The objects under a prefix, in lexicographic order of path. */
+  list(prefix: string): Promise<ObjectInfo[]>;
   /** Cloud Storage only: a time-limited URL that reads the object without credentials. */
   signedReadUrl?(path: string, ttlSeconds: number): Promise<{url: string; expiresAt: Date}>;
   /** Cloud Storage only: the object's public URL (works when the bucket allows it). */
@@ -85,6 +116,8 @@ export interface JobQuery {
   limit: number;
   after?: JobCursor;
   status?: JobStatus;
+  /** Only this owner's jobs; undefined for everyone's. */
+  owner?: string;
   metadata?: {key: string; value: string};
 }
 
@@ -106,20 +139,49 @@ export interface IdempotencyRecord {
   completed: boolean;
 }
 
+/** What the store holds for the job an idempotency key points to. */
+export type KeyJobState = 'none' | 'running' | 'finished' | 'failed';
+
 export type ClaimOutcome =
   | {outcome: 'claimed'; jobId: string; recovered: boolean}
   | {outcome: 'completed'; jobId: string}
   | {outcome: 'in_progress'; leaseUntil: Date}
   | {outcome: 'mismatch'};
 
-/** Jobs and images by id, idempotency keys and quotas. */
+/** A daily quota reservation: `amount` images of `subject` on `day`, made for one job. */
+export interface QuotaReservation {
+  subject: string;
+  /** UTC day, YYYY-MM-DD. */
+  day: string;
+  jobId: string;
+  amount: number;
+  createdAt: string;
+}
+
+/**
+ * Jobs and images by id, idempotency keys and quotas. Every write is atomic.
+ * A write whose outcome a store cannot know (a deadline, a lost connection)
+ * rejects with an OutcomeUnknownError; every write is safe to repeat, so an
+ * unknown outcome is settled by reading or by writing again.
+ */
 export interface MetadataStore {
-  /** Writes a job and each of its images atomically; fails if any of them exists. */
-  saveJob(job: JobRecord): Promise<void>;
+  /** Records a `running` job before any upstream call; fails if the id exists. */
+  createJob(job: JobRecord): Promise<void>;
+  /**
+   * Atomically turns a `running` job into its final record (completed or
+   * partial), writes each of its images, and settles its quota reservation
+   * (if any) for good. False, and nothing written, when the job is not
+   * `running` any more (the reconciler failed it).
+   */
+  completeJob(job: JobRecord): Promise<boolean>;
+  /** Marks a `running` job failed, with no images; false when it is not running. */
+  failJob(id: string, error: JobError, updatedAt: string): Promise<boolean>;
   getJob(id: string): Promise<JobRecord | null>;
   getImage(id: string): Promise<ImageRecord | null>;
   /** Newest first, ties broken by id (descending). */
   listJobs(query: JobQuery): Promise<JobPage>;
+  /** `running` jobs whose lease ended before `now`, oldest first. */
+  listStaleJobs(now: Date, limit: number): Promise<JobRecord[]>;
   /** Removes the image record and drops it from its job; null if it was not there. */
   deleteImage(id: string, updatedAt: string): Promise<ImageRecord | null>;
   /** Removes the job and every image record of it; null if it was not there. */
@@ -127,7 +189,7 @@ export interface MetadataStore {
   /**
    * Atomically decides what a request with this idempotency key does (see
    * `decideClaim`): given the record a new run would write, run, replay a
-   * completed job, wait for one in progress, or refuse a reused key.
+   * finished job, wait for one in progress, or refuse a reused key.
    */
   claimIdempotencyKey(keyHash: string, claim: IdempotencyRecord, now: Date): Promise<ClaimOutcome>;
   /** Marks the key's job done, so it is replayed even if the job is later deleted. */
@@ -135,17 +197,18 @@ export interface MetadataStore {
   /** Frees a key whose job failed, so a retry runs again. */
   releaseIdempotencyKey(keyHash: string, jobId: string): Promise<void>;
   /**
-   * Atomically adds `amount` to a caller's count for a day if it stays within
-   * `limit`; returns whether it did and the count after.
+   * Atomically records the reservation and adds it to the subject's count for
+   * the day if that stays within `limit`; returns whether it did and the count
+   * after. A reservation already recorded for the job is not counted twice.
    */
-  reserveQuota(
-    subject: string,
-    day: string,
-    amount: number,
-    limit: number,
-  ): Promise<{ok: boolean; used: number}>;
-  /** Gives back a reservation whose generation failed. */
-  releaseQuota(subject: string, day: string, amount: number): Promise<void>;
+  reserveQuota(reservation: QuotaReservation, limit: number): Promise<{ok: boolean; used: number}>;
+  /** Gives a job's reservation back, once however often it is called. */
+  releaseQuota(reservation: QuotaReservation): Promise<void>;
+  /**
+   * Reservations made before `before` and not settled by their job's
+   * completion: the reconciler gives back those whose job failed or never was.
+   */
+  listQuotaReservations(before: Date, limit: number): Promise<QuotaReservation[]>;
   /** Cheap round trip to prove the store answers (readiness). */
   ping(): Promise<void>;
 }

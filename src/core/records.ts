@@ -21,15 +21,21 @@ export interface ImageRecord {
   /** The model that made it. */
   model: string;
   size: string;
-  prompt: string;
   revised_prompt: string | null;
   created_at: string;
 }
 
-export const JOB_STATUSES = ['completed', 'partial'] as const;
+export const JOB_STATUSES = ['running', 'completed', 'partial', 'failed'] as const;
 
-/** `partial`: some upstream calls failed and `allow_partial` was set; see `failures`. */
+/**
+ * `running`: recorded before any upstream call, with a lease; `completed`;
+ * `partial`: some upstream calls failed and `allow_partial` was set (see
+ * `failures`); `failed`: nothing was kept (see `error`).
+ */
 export type JobStatus = (typeof JOB_STATUSES)[number];
+
+/** Statuses of a job whose images are final. */
+export const FINISHED_STATUSES: readonly JobStatus[] = ['completed', 'partial'];
 
 export const JobFailureSchema = z
   .object({
@@ -85,9 +91,18 @@ export const WarningSchema = z
     description: 'How the request was run differently from how it was sent; never a failure.',
   });
 
+export const JobErrorSchema = z
+  .object({code: z.enum(ERROR_CODES), message: z.string()})
+  .meta({id: 'JobError', description: 'Why a failed job made nothing.'});
+
+export type JobError = z.infer<typeof JobErrorSchema>;
+
 export interface JobRecord {
   id: string;
   status: JobStatus;
+  /** Who made it: the API key's name, or the IAM caller's email; null when unknown. */
+  owner: string | null;
+  /** Kept once per job, never per image (records stay small). */
   prompt: string;
   source: 'legacy' | 'generate';
   parameters: JobParameters;
@@ -97,6 +112,13 @@ export interface JobRecord {
   images: ImageRecord[];
   failures: JobFailure[];
   warnings: GenerationWarning[];
+  /** Set when `failed`. */
+  error: JobError | null;
+  /**
+   * While `running`: until when the run that wrote it may still complete it.
+   * After that the reconciler completes or removes what it left.
+   */
+  lease_until: string | null;
   created_at: string;
   updated_at: string;
   completed_at: string | null;

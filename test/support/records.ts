@@ -1,8 +1,8 @@
 import {randomUUID} from 'node:crypto';
 import type {ImageRecord, JobRecord} from '../../src/core/records';
 
-/** A job record as the generate use case would write it, for store tests. */
-export function makeJob(overrides: Partial<JobRecord> = {}, imageCount = 2): JobRecord {
+/** A completed job as the generate use case would write it, for store tests. */
+export function finishedJob(overrides: Partial<JobRecord> = {}, imageCount = 2): JobRecord {
   const id = overrides.id ?? randomUUID();
   const createdAt = overrides.created_at ?? new Date().toISOString();
   const images: ImageRecord[] = Array.from({length: imageCount}, (_, index) => {
@@ -19,7 +19,6 @@ export function makeJob(overrides: Partial<JobRecord> = {}, imageCount = 2): Job
       height: 1024,
       model: 'gpt-image-2.6-sunburst',
       size: '1024x1024',
-      prompt: 'a test prompt',
       revised_prompt: null,
       created_at: createdAt,
     };
@@ -27,6 +26,7 @@ export function makeJob(overrides: Partial<JobRecord> = {}, imageCount = 2): Job
   return {
     id,
     status: 'completed',
+    owner: null,
     prompt: 'a test prompt',
     source: 'generate',
     parameters: {
@@ -57,10 +57,28 @@ export function makeJob(overrides: Partial<JobRecord> = {}, imageCount = 2): Job
     images,
     failures: [],
     warnings: [],
+    error: null,
+    lease_until: null,
     created_at: createdAt,
     updated_at: createdAt,
     completed_at: createdAt,
     upstream_ms: 5,
     ...overrides,
+  };
+}
+
+/** The `running` record a run writes before its upstream calls, for the job it will complete as `job`. */
+export function runningJob(job: JobRecord, leaseUntil?: string): JobRecord {
+  return {
+    ...job,
+    status: 'running',
+    usage: null,
+    images: [],
+    failures: [],
+    error: null,
+    lease_until: leaseUntil ?? new Date(Date.parse(job.created_at) + 360_000).toISOString(),
+    updated_at: job.created_at,
+    completed_at: null,
+    upstream_ms: 0,
   };
 }

@@ -1,5 +1,5 @@
 import {deflateSync, crc32} from 'node:zlib';
-import type {GeneratedImages, ImageProvider, UpstreamRequest} from '../../src/core/ports';
+import type {CallOptions, GeneratedImages, ImageProvider, UpstreamRequest} from '../../src/core/ports';
 
 function chunk(type: string, data: Buffer): Buffer {
   const length = Buffer.alloc(4);
@@ -48,8 +48,9 @@ export class ScriptedProvider implements ImageProvider {
   async generate<T>(
     request: UpstreamRequest,
     store: (result: GeneratedImages) => Promise<T>,
-    signal?: AbortSignal,
+    options: CallOptions = {},
   ): Promise<T> {
+    const {signal} = options;
     this.calls.push(request);
     const answer = this.script.shift() ?? {};
     if (answer.delayMs) {
@@ -64,6 +65,13 @@ export class ScriptedProvider implements ImageProvider {
     }
     signal?.throwIfAborted();
     if ('error' in answer) throw answer.error;
+    for (let i = 0; i < (request.partialImages ?? 0); i++) {
+      options.onPartial?.({
+        partialImageIndex: i,
+        b64: tinyPng(4, 4, i).toString('base64'),
+        contentType: 'image/png',
+      });
+    }
     const images = answer.images ?? Array.from({length: request.n}, () => tinyPng(16, 16, ++this.made));
     return store({
       images: images.map(data => ({data, revisedPrompt: null})),

@@ -50,7 +50,8 @@ describe('loadConfig', () => {
 
   test('URL modes other than proxy need a bucket', () => {
     expect(() => loadConfig({URL_MODE: 'signed'})).toThrow(/URL_MODE: 'signed' needs GCS_BUCKET/);
-    expect(loadConfig({}).urls).toEqual({mode: 'proxy', signedTtlSeconds: 3600});
+    expect(loadConfig({}).urls).toEqual({mode: 'proxy', signedTtlSeconds: 3600, proxySigningKey: null});
+    expect(loadConfig({API_KEYS: 'carol:0123456789abcdef'}).urls.proxySigningKey).toHaveLength(32);
     expect(() => loadConfig({SIGNED_URL_TTL_SECONDS: '604801'})).toThrow(/SIGNED_URL_TTL_SECONDS/);
   });
 

@@ -1,5 +1,6 @@
+import {randomUUID} from 'node:crypto';
 import {HeaderImageCodec} from '../../src/adapters/imaging/image-codec';
-import {AppError} from '../../src/core/errors';
+import {AppError, OutcomeUnknownError} from '../../src/core/errors';
 import type {GenerateCommand} from '../../src/core/generation';
 import {commandFor} from '../support/commands';
 import {generateImages, sumUsage, type GenerateDeps} from '../../src/core/usecases/generate';
@@ -21,6 +22,16 @@ function setUp() {
   return {provider, objects, metadata, deps};
 }
 
+const LEASE_MS = 6 * 60_000;
+
+const failedJobs = (metadata: MemoryMetadataStore) =>
+  [...metadata.jobs.values()].filter(job => job.status === 'failed');
+
+/** Runs the use case as the idempotent generator does: a fresh job id, no owner. */
+function generate(deps: GenerateDeps, command: GenerateCommand, owner: string | null = null) {
+  return generateImages(deps, command, {jobId: randomUUID(), owner, leaseMs: LEASE_MS});
+}
+
 const upstreamFailure = (code: 'UPSTREAM_ERROR' | 'CONTENT_POLICY_VIOLATION' = 'UPSTREAM_ERROR') => ({
   error: new AppError(code, `failed with ${code}`),
 });
@@ -28,14 +39,14 @@ const upstreamFailure = (code: 'UPSTREAM_ERROR' | 'CONTENT_POLICY_VIOLATION' = '
 describe('generateImages', () => {
   test('splits the count by the model per-call limit and records every image in order', async () => {
     const {provider, objects, metadata, deps} = setUp();
-    const job = await generateImages(deps, command({count: 3}, 1));
+    const job = await generate(deps, command({count: 3}, 1));
     expect(provider.calls.map(call => call.n)).toEqual([1, 1, 1]);
     expect(job.status).toBe('completed');
     expect(job.images.map(image => image.index)).toEqual([0, 1, 2]);
     expect(await metadata.getJob(job.id)).toEqual(job);
     for (const image of job.images) {
       expect(image.object_path).toMatch(new RegExp(`^images/${job.id}/00${image.index}-${image.id}\\.png$`));
-      expect(objects.objects.get(image.object_path)?.contentType).toBe('image/png');
+      expect(objects.objects.get(image.object_path)?.info.contentType).toBe('image/png');
       expect(await metadata.getImage(image.id)).toEqual(image);
     }
     expect(job.usage).toEqual({input_tokens: 3, output_tokens: 6, total_tokens: 9});
@@ -44,7 +55,7 @@ describe('generateImages', () => {
   test('passes the command parameters upstream as they are, and keeps each of them with the job', async () => {
     const {provider, deps} = setUp();
     const parameters = {size: '1536x1024', quality: 'high', output_format: 'webp', output_compression: 70};
-    const job = await generateImages(deps, command(parameters));
+    const job = await generate(deps, command(parameters));
     expect(provider.calls[0]).toEqual({
       model: 'gpt-image-2.6-sunburst',
       prompt: 'a lighthouse',
@@ -68,20 +79,28 @@ describe('generateImages', () => {
     });
   });
 
-  test('one failed call fails the job and leaves no object and no record', async () => {
+  test('one failed call fails the job: no object is left, and the job is recorded failed with the error', async () => {
     const {provider, objects, metadata, deps} = setUp();
     provider.script.push({}, upstreamFailure(), {});
-    await expect(generateImages(deps, command({count: 3}, 1))).rejects.toMatchObject({
+    await expect(generate(deps, command({count: 3}, 1))).rejects.toMatchObject({
       code: 'UPSTREAM_ERROR',
     });
     expect(objects.objects.size).toBe(0);
-    expect(metadata.jobs.size).toBe(0);
+    expect(failedJobs(metadata)).toEqual([
+      expect.objectContaining({
+        status: 'failed',
+        images: [],
+        lease_until: null,
+        error: {code: 'UPSTREAM_ERROR', message: 'failed with UPSTREAM_ERROR'},
+      }),
+    ]);
+    expect(metadata.imageJobs.size).toBe(0);
   });
 
   test('the first failure cancels the calls still waiting upstream', async () => {
     const {provider, objects, deps} = setUp();
     provider.script.push(upstreamFailure(), {delayMs: 60_000}, {delayMs: 60_000});
-    await expect(generateImages(deps, command({count: 3}, 1))).rejects.toMatchObject({
+    await expect(generate(deps, command({count: 3}, 1))).rejects.toMatchObject({
       code: 'UPSTREAM_ERROR',
     });
     expect(provider.cancelled).toHaveLength(2);
@@ -91,7 +110,7 @@ describe('generateImages', () => {
   test('with allowPartial, the images that were made are kept and the failed calls reported', async () => {
     const {provider, objects, deps} = setUp();
     provider.script.push({}, upstreamFailure(), {});
-    const job = await generateImages(deps, command({count: 3, allow_partial: true}, 1));
+    const job = await generate(deps, command({count: 3, allow_partial: true}, 1));
     expect(job.status).toBe('partial');
     expect(job.images.map(image => image.index)).toEqual([0, 2]);
     expect(job.failures).toEqual([
@@ -103,16 +122,16 @@ describe('generateImages', () => {
   test('with allowPartial and no image made, the job fails', async () => {
     const {provider, metadata, deps} = setUp();
     provider.script.push(upstreamFailure(), upstreamFailure());
-    await expect(generateImages(deps, command({count: 2, allow_partial: true}, 1))).rejects.toMatchObject({
+    await expect(generate(deps, command({count: 2, allow_partial: true}, 1))).rejects.toMatchObject({
       code: 'UPSTREAM_ERROR',
     });
-    expect(metadata.jobs.size).toBe(0);
+    expect(failedJobs(metadata)).toHaveLength(1);
   });
 
   test("the caller's fault is reported before an outage", async () => {
     const {provider, deps} = setUp();
     provider.script.push(upstreamFailure('UPSTREAM_ERROR'), upstreamFailure('CONTENT_POLICY_VIOLATION'));
-    await expect(generateImages(deps, command({count: 2, allow_partial: true}, 1))).rejects.toMatchObject({
+    await expect(generate(deps, command({count: 2, allow_partial: true}, 1))).rejects.toMatchObject({
       code: 'CONTENT_POLICY_VIOLATION',
     });
   });
@@ -126,31 +145,143 @@ describe('generateImages', () => {
       if (++puts === 2) throw new Error('bucket unavailable');
       return put(path, data, info);
     };
-    await expect(generateImages(deps, command({count: 3}))).rejects.toMatchObject({
+    await expect(generate(deps, command({count: 3}))).rejects.toMatchObject({
       code: 'STORAGE_ERROR',
       message: 'Could not store a generated image',
     });
     expect(objects.objects.size).toBe(0);
-    expect(metadata.jobs.size).toBe(0);
+    expect(failedJobs(metadata)).toHaveLength(1);
   });
 
   test('bytes that are not an image are an upstream error, and nothing is kept', async () => {
     const {provider, objects, deps} = setUp();
     provider.script.push({images: [Buffer.from('<html>not an image</html>')]});
-    await expect(generateImages(deps, command())).rejects.toMatchObject({code: 'UPSTREAM_ERROR'});
+    await expect(generate(deps, command())).rejects.toMatchObject({code: 'UPSTREAM_ERROR'});
     expect(objects.objects.size).toBe(0);
   });
 
-  test('a record that cannot be written removes the stored objects', async () => {
-    const {objects, metadata, deps} = setUp();
-    metadata.saveJob = async () => {
+  test('the job is recorded running, with its lease, before any upstream call', async () => {
+    const {provider, metadata, deps} = setUp();
+    const seen: (string | null)[] = [];
+    const call = provider.generate.bind(provider);
+    provider.generate = (request, store, signal) => {
+      const [job] = [...metadata.jobs.values()];
+      seen.push(job ? `${job.status} until ${job.lease_until}` : null);
+      return call(request, store, signal);
+    };
+    const started = Date.now();
+    const job = await generate(deps, command());
+    expect(seen).toEqual([expect.stringMatching(/^running until \d{4}-/)]);
+    const lease = Date.parse(seen[0]!.slice('running until '.length));
+    expect(lease - started).toBeGreaterThanOrEqual(LEASE_MS - 1000);
+    expect(lease - started).toBeLessThanOrEqual(LEASE_MS + 1000);
+    expect((await metadata.getJob(job.id))?.status).toBe('completed');
+  });
+
+  test('a running record that cannot be written stops the job before anything is paid', async () => {
+    const {provider, deps, metadata} = setUp();
+    metadata.createJob = async () => {
       throw new Error('metadata store down');
     };
-    await expect(generateImages(deps, command({count: 2}))).rejects.toMatchObject({
+    await expect(generate(deps, command())).rejects.toMatchObject({
+      code: 'STORAGE_ERROR',
+      message: 'Could not record the job',
+    });
+    expect(provider.calls).toHaveLength(0);
+  });
+
+  test('a running record whose write outcome is unknown is read back, and the run goes on if it landed', async () => {
+    const {provider, deps, metadata} = setUp();
+    const create = metadata.createJob.bind(metadata);
+    metadata.createJob = async job => {
+      await create(job);
+      throw new OutcomeUnknownError('deadline');
+    };
+    const job = await generate(deps, command());
+    expect(job.status).toBe('completed');
+    expect(provider.calls).toHaveLength(1);
+  });
+
+  test('a final record that fails for certain removes the stored objects and fails the job', async () => {
+    const {objects, metadata, deps} = setUp();
+    metadata.completeJob = async () => {
+      throw new Error('metadata store refused the write');
+    };
+    await expect(generate(deps, command({count: 2}))).rejects.toMatchObject({
       code: 'STORAGE_ERROR',
       message: 'Could not record the job',
     });
     expect(objects.objects.size).toBe(0);
+    expect(failedJobs(metadata)).toHaveLength(1);
+  });
+
+  test('a final record whose outcome is unknown, read back as landed, is a success', async () => {
+    const {objects, metadata, deps} = setUp();
+    const complete = metadata.completeJob.bind(metadata);
+    metadata.completeJob = async job => {
+      await complete(job);
+      throw new OutcomeUnknownError('deadline');
+    };
+    const job = await generate(deps, command({count: 2}));
+    expect(job.status).toBe('completed');
+    expect(objects.objects.size).toBe(2);
+    expect((await metadata.getJob(job.id))?.images).toEqual(job.images);
+  });
+
+  test('a final record whose outcome cannot be known keeps every object and says the job may complete', async () => {
+    const {objects, metadata, deps} = setUp();
+    metadata.completeJob = async () => {
+      throw new OutcomeUnknownError('deadline');
+    };
+    const error = await generate(deps, command({count: 2})).catch((e: unknown) => e as AppError);
+    expect(error).toMatchObject({code: 'JOB_OUTCOME_UNKNOWN', details: {job_id: expect.any(String)}});
+    const jobId = (error as AppError).details!.job_id as string;
+    expect((error as AppError).message).toContain(jobId);
+    expect((error as AppError).message).toMatch(/may still complete/);
+    // Nothing a landing record could point at is removed; the job stays running for the reconciler.
+    expect(objects.objects.size).toBe(2);
+    expect((await metadata.getJob(jobId))?.status).toBe('running');
+  });
+
+  test('a job the reconciler failed meanwhile is not completed, and its objects go', async () => {
+    const {objects, metadata, deps} = setUp();
+    const complete = metadata.completeJob.bind(metadata);
+    metadata.completeJob = async job => {
+      await metadata.failJob(job.id, {code: 'STORAGE_ERROR', message: 'stopped'}, new Date().toISOString());
+      return complete(job);
+    };
+    await expect(generate(deps, command({count: 2}))).rejects.toMatchObject({code: 'STORAGE_ERROR'});
+    expect(objects.objects.size).toBe(0);
+    expect(failedJobs(metadata)).toHaveLength(1);
+  });
+
+  test('a watcher is told of the job, each partial image and each stored image, in order', async () => {
+    const {deps} = setUp();
+    const events: string[] = [];
+    const job = await generateImages(deps, command({count: 2, stream: true, partial_images: 2}), {
+      jobId: randomUUID(),
+      owner: null,
+      leaseMs: LEASE_MS,
+      onEvent: event => {
+        if (event.type === 'job.created') events.push(`created ${event.job.status}`);
+        if (event.type === 'image.partial') events.push(`partial ${event.index}.${event.partialImageIndex}`);
+        if (event.type === 'image.completed') events.push(`completed ${event.index} ${event.image.id}`);
+      },
+    });
+    expect(events[0]).toBe('created running');
+    for (const index of [0, 1]) {
+      const mine = events.filter(e => e.startsWith('partial ' + index) || e.startsWith('completed ' + index));
+      expect(mine).toEqual([
+        `partial ${index}.0`,
+        `partial ${index}.1`,
+        `completed ${index} ${job.images[index]!.id}`,
+      ]);
+    }
+  });
+
+  test('the job belongs to its owner', async () => {
+    const {deps} = setUp();
+    expect((await generate(deps, command(), 'carol')).owner).toBe('carol');
   });
 });
 
@@ -158,7 +289,7 @@ describe('model lifecycle at run time', () => {
   test('a model OpenAI says is gone runs once more on its replacement, with a warning', async () => {
     const {provider, metadata, deps} = setUp();
     provider.script.push({error: new AppError('MODEL_UNAVAILABLE', 'gone early')});
-    const job = await generateImages(deps, commandFor({model: 'gpt-image-1.5'}, '2026-11-23'));
+    const job = await generate(deps, commandFor({model: 'gpt-image-1.5'}, '2026-11-23'));
     expect(provider.calls.map(call => call.model)).toEqual(['gpt-image-1.5', 'gpt-image-2.6-sunburst']);
     expect(job.parameters).toMatchObject({requested_model: 'gpt-image-1.5', model: 'gpt-image-2.6-sunburst'});
     expect(job.images[0]?.model).toBe('gpt-image-2.6-sunburst');
@@ -169,7 +300,7 @@ describe('model lifecycle at run time', () => {
   test('without a replacement, the model being gone is the answer', async () => {
     const {provider, deps} = setUp();
     provider.script.push({error: new AppError('MODEL_UNAVAILABLE', 'gone')});
-    await expect(generateImages(deps, command({model: 'gpt-image-2'}))).rejects.toMatchObject({
+    await expect(generate(deps, command({model: 'gpt-image-2'}))).rejects.toMatchObject({
       code: 'MODEL_UNAVAILABLE',
     });
     expect(provider.calls).toHaveLength(1);
@@ -177,7 +308,7 @@ describe('model lifecycle at run time', () => {
 
   test('a size the replacement cannot make is made larger and stored at the size asked for', async () => {
     const {provider, objects, deps} = setUp();
-    const job = await generateImages(deps, command({model: 'dall-e-2', size: '256x256', count: 2}));
+    const job = await generate(deps, command({model: 'dall-e-2', size: '256x256', count: 2}));
     expect(provider.calls[0]?.parameters.size).toBe('1024x1024');
     for (const image of job.images) {
       expect([image.width, image.height, image.size]).toEqual([256, 256, '256x256']);

@@ -50,6 +50,7 @@ describe('the payloads', () => {
         parameters: {size: '1024x1024'},
         resizeTo: null,
         imagesPerCall: 10,
+        partialImages: null,
         warnings: [],
       },
       fallback: null,
@@ -88,6 +89,7 @@ describe('the payloads', () => {
       },
       resizeTo: null,
       imagesPerCall: 10,
+      partialImages: null,
       warnings: [],
     });
     expect(command.metadata).toEqual({order: '42'});
@@ -303,6 +305,30 @@ describe('the catalogue rules, one by one', () => {
 
   test('the count is split into calls by the model limit', () => {
     expect(plan({prompt: 'x', count: 10}).plan.imagesPerCall).toBe(10);
+  });
+});
+
+describe('streaming', () => {
+  test('a streamed job is made one image per call, with 2 partial images each unless told', () => {
+    expect(plan({prompt: 'x', count: 3, stream: true}).plan).toMatchObject({
+      imagesPerCall: 1,
+      partialImages: 2,
+    });
+    expect(plan({prompt: 'x', stream: true, partial_images: 0}).plan.partialImages).toBe(0);
+    expect(plan({prompt: 'x', count: 3}).plan).toMatchObject({imagesPerCall: 10, partialImages: null});
+  });
+
+  test('GIF and SVG cannot stream: their images come whole', () => {
+    expect(plan({prompt: 'x', stream: true, output_format: 'gif'}).plan.partialImages).toBeNull();
+    expect(plan({prompt: 'x', stream: true, output_format: 'svg'}).plan.partialImages).toBeNull();
+  });
+
+  test('how a job is sent is not what it is: streaming changes neither the parameters nor the request', () => {
+    const streamed = plan({prompt: 'x', stream: true, partial_images: 3});
+    const plain = plan({prompt: 'x'});
+    expect(streamed.requested).toEqual(plain.requested);
+    expect(streamed.plan.parameters).toEqual(plain.plan.parameters);
+    expect(problems({prompt: 'x', stream: true, partial_images: 4})[0]).toMatch(/^partial_images: /);
   });
 });
 

@@ -2,6 +2,7 @@ import {createHash, randomUUID} from 'node:crypto';
 import {HeaderImageCodec} from '../../src/adapters/imaging/image-codec';
 import {AppError} from '../../src/core/errors';
 import type {GenerateCommand} from '../../src/core/generation';
+import type {KeyJobState} from '../../src/core/ports';
 import {commandFor} from '../support/commands';
 import type {Requester} from '../../src/core/requester';
 import {IdempotentGenerator, decideClaim, fingerprintOf} from '../../src/core/usecases/idempotency';
@@ -9,7 +10,7 @@ import {MemoryMetadataStore, MemoryObjectStore} from '../support/memory-stores';
 import {ScriptedProvider} from '../support/scripted-provider';
 
 const MINUTE = 60_000;
-const IAM: Requester = {kind: 'iam'};
+const IAM: Requester = {kind: 'iam', email: null};
 
 function command(
   body: Record<string, unknown> = {},
@@ -30,6 +31,8 @@ function setUp(now = () => new Date()) {
 }
 
 const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+/** How the generator stores a key: per owner (none behind IAM without an email). */
+const keyHashOf = (key: string, owner = '') => sha256(`${owner}\n${key}`);
 
 describe('IdempotentGenerator', () => {
   test('the same key twice: one upstream call, the second answer is the stored job', async () => {
@@ -69,7 +72,7 @@ describe('IdempotentGenerator', () => {
     const {metadata, generator} = setUp();
     const now = new Date();
     await metadata.claimIdempotencyKey(
-      sha256('k4'),
+      keyHashOf('k4'),
       {
         fingerprint: fingerprintOf(command()),
         jobId: randomUUID(),
@@ -94,12 +97,12 @@ describe('IdempotentGenerator', () => {
     expect(provider.calls).toHaveLength(2);
   });
 
-  test('a run left by a crashed instance is taken over after its lease, leftovers removed', async () => {
+  test('a run left by a crashed instance is taken over after its lease, as a new job', async () => {
     const {objects, metadata, generator} = setUp();
     const jobId = randomUUID();
     const past = new Date(Date.now() - 2 * MINUTE);
     await metadata.claimIdempotencyKey(
-      sha256('k6'),
+      keyHashOf('k6'),
       {
         fingerprint: fingerprintOf(command()),
         jobId,
@@ -109,13 +112,12 @@ describe('IdempotentGenerator', () => {
       },
       past,
     );
-    await objects.put(`images/${jobId}/000-leftover.png`, Buffer.from('x'), {
-      contentType: 'image/png',
-      metadata: {},
-    });
     const outcome = await generator.generate(command({idempotency_key: 'k6'}), IAM);
-    expect(outcome.job.id).toBe(jobId);
-    expect(await objects.list(`images/${jobId}/`)).toEqual([outcome.job.images[0]!.object_path]);
+    expect(outcome.replayed).toBe(false);
+    expect(outcome.job.id).not.toBe(jobId);
+    // The key now replays the new job.
+    expect((await generator.generate(command({idempotency_key: 'k6'}), IAM)).job.id).toBe(outcome.job.id);
+    expect(objects.objects.size).toBe(1);
   });
 
   test('a replayed key whose job was deleted says so', async () => {
@@ -130,7 +132,7 @@ describe('IdempotentGenerator', () => {
   test('without an OpenAI key nothing is claimed or reserved', async () => {
     const {provider, metadata, generator} = setUp();
     provider.configured = false;
-    const requester: Requester = {kind: 'api-key', name: 'carol', dailyQuota: 5};
+    const requester: Requester = {kind: 'api-key', name: 'carol', admin: false, dailyQuota: 5};
     await expect(generator.generate(command({idempotency_key: 'k8'}), requester)).rejects.toMatchObject({
       code: 'SERVICE_ERROR',
     });
@@ -142,7 +144,7 @@ describe('IdempotentGenerator', () => {
 describe('daily quotas', () => {
   test('a key with a quota is counted per UTC day; a failed generation gives its images back', async () => {
     const {provider, metadata, generator} = setUp(() => new Date('2030-05-01T23:00:00Z'));
-    const carol: Requester = {kind: 'api-key', name: 'carol', dailyQuota: 3};
+    const carol: Requester = {kind: 'api-key', name: 'carol', admin: false, dailyQuota: 3};
     await generator.generate(command({count: 2}), carol);
     provider.script.push({error: new AppError('UPSTREAM_ERROR', 'boom')});
     await expect(generator.generate(command({count: 1}), carol)).rejects.toThrow('boom');
@@ -156,7 +158,7 @@ describe('daily quotas', () => {
 
   test('callers without a quota, and IAM callers, are not counted', async () => {
     const {metadata, generator} = setUp();
-    await generator.generate(command(), {kind: 'api-key', name: 'dave', dailyQuota: null});
+    await generator.generate(command(), {kind: 'api-key', name: 'dave', admin: false, dailyQuota: null});
     await generator.generate(command(), IAM);
     expect(metadata.quotas.size).toBe(0);
   });
@@ -174,27 +176,47 @@ describe('decideClaim', () => {
   });
 
   test.each([
-    ['a new key', null, false, {}, {outcome: 'claimed', jobId: 'job-2', recovered: false}],
+    ['a new key', null, 'none', {}, {outcome: 'claimed', jobId: 'job-2', recovered: false}],
     [
       'an expired key',
       record({expiresAt: now}),
-      true,
+      'finished',
       {},
       {outcome: 'claimed', jobId: 'job-2', recovered: false},
     ],
-    ['another fingerprint', record(), false, {fingerprint: 'g'}, {outcome: 'mismatch'}],
-    ['a completed key', record({completed: true}), false, {}, {outcome: 'completed', jobId: 'job-1'}],
-    ['a key whose job exists', record(), true, {}, {outcome: 'completed', jobId: 'job-1'}],
-    ['a running claim', record(), false, {}, {outcome: 'in_progress', leaseUntil: record().leaseUntil}],
+    ['another fingerprint', record(), 'none', {fingerprint: 'g'}, {outcome: 'mismatch'}],
+    ['a completed key', record({completed: true}), 'none', {}, {outcome: 'completed', jobId: 'job-1'}],
+    ['a key whose job finished', record(), 'finished', {}, {outcome: 'completed', jobId: 'job-1'}],
+    ['a claim not run yet', record(), 'none', {}, {outcome: 'in_progress', leaseUntil: record().leaseUntil}],
+    ['a running job', record(), 'running', {}, {outcome: 'in_progress', leaseUntil: record().leaseUntil}],
+    [
+      'a failed job, in its lease',
+      record(),
+      'failed',
+      {},
+      {outcome: 'claimed', jobId: 'job-2', recovered: true},
+    ],
     [
       'a lapsed claim',
       record({leaseUntil: now}),
-      false,
+      'running',
       {},
-      {outcome: 'claimed', jobId: 'job-1', recovered: true},
+      {outcome: 'claimed', jobId: 'job-2', recovered: true},
     ],
-  ])('%s', (_name, existing, jobExists, claimOverrides, expected) => {
-    const {result} = decideClaim(existing, jobExists, record({jobId: 'job-2', ...claimOverrides}), now);
+    [
+      'its own claim, written again',
+      record({jobId: 'job-2'}),
+      'none',
+      {},
+      {outcome: 'claimed', jobId: 'job-2', recovered: false},
+    ],
+  ])('%s', (_name, existing, job, claimOverrides, expected) => {
+    const {result} = decideClaim(
+      existing,
+      job as KeyJobState,
+      record({jobId: 'job-2', ...claimOverrides}),
+      now,
+    );
     expect(result).toEqual(expected);
   });
 });

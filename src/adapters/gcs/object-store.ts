@@ -1,7 +1,7 @@
 import {createHash} from 'node:crypto';
 import type {Bucket} from '@google-cloud/storage';
 import type {Readable} from 'node:stream';
-import type {ObjectStore} from '../../core/ports';
+import type {ObjectInfo, ObjectStore} from '../../core/ports';
 
 /** Objects are immutable once written (ids are never reused), so caches may keep them for good. */
 const IMMUTABLE_CACHE_CONTROL = 'public, max-age=31536000, immutable';
@@ -41,18 +41,37 @@ export class GcsObjectStore implements ObjectStore {
     // client retry it safely: a retry can never overwrite another object.
     // Sending the MD5 (native, fast) has Cloud Storage verify the bytes, and
     // spares the client its own CRC32C, which it computes in JavaScript.
-    await this.bucket.file(objectPath).save(data, {
-      resumable: false,
-      contentType: info.contentType,
-      metadata: {
+    const md5Hash = createHash('md5').update(data).digest('base64');
+    try {
+      await this.bucket.file(objectPath).save(data, {
+        resumable: false,
         contentType: info.contentType,
-        cacheControl: IMMUTABLE_CACHE_CONTROL,
-        metadata: info.metadata,
-        md5Hash: createHash('md5').update(data).digest('base64'),
-      },
-      validation: false,
-      preconditionOpts: {ifGenerationMatch: 0},
-    });
+        metadata: {
+          contentType: info.contentType,
+          cacheControl: IMMUTABLE_CACHE_CONTROL,
+          metadata: info.metadata,
+          md5Hash,
+        },
+        validation: false,
+        preconditionOpts: {ifGenerationMatch: 0},
+      });
+    } catch (error) {
+      // A write whose answer was lost, repeated (by the client or the caller), finds
+      // its own object: the same bytes are there, which is success.
+      if (statusOf(error) !== 412) throw error;
+      const [meta] = await this.bucket.file(objectPath).getMetadata();
+      if (meta.md5Hash !== md5Hash) throw error;
+    }
+  }
+
+  async stat(objectPath: string): Promise<ObjectInfo | null> {
+    try {
+      const [meta] = await this.bucket.file(objectPath).getMetadata();
+      return infoOf(objectPath, meta);
+    } catch (error) {
+      if (statusOf(error) === 404) return null;
+      throw error;
+    }
   }
 
   /**
@@ -129,8 +148,45 @@ export class GcsObjectStore implements ObjectStore {
     return `gs://${this.bucket.name}/${objectPath}`;
   }
 
-  async list(prefix: string): Promise<string[]> {
+  async list(prefix: string): Promise<ObjectInfo[]> {
     const [files] = await this.bucket.getFiles({prefix, autoPaginate: true});
-    return files.map(file => file.name).sort();
+    return files.map(file => infoOf(file.name, file.metadata)).sort((a, b) => (a.path < b.path ? -1 : 1));
   }
 }
+
+/** The object resource Cloud Storage answers with, as the port describes an object. */
+function infoOf(
+  path: string,
+  meta: {
+    size?: string | number;
+    contentType?: string;
+    metadata?: Record<string, unknown>;
+    timeCreated?: string;
+  },
+): ObjectInfo {
+  const custom: Record<string, string> = {};
+  for (const [key, value] of Object.entries(meta.metadata ?? {})) {
+    if (value !== null && value !== undefined) custom[key] = String(value);
+  }
+  return {
+    path,
+    bytes: Number(meta.size ?? 0),
+    contentType: meta.contentType ?? 'application/octet-stream',
+    metadata: custom,
+    createdAt: new Date(meta.timeCreated ?? 0),
+  };
+}
+
+/**
+ * How the deadline wrapper tells a read from a write, and an open outcome
+ * from a failure: no answer at all, or a server error, after the request went out.
+ */
+export const GCS_DEADLINES = {
+  name: 'object store',
+  reads: new Set<keyof ObjectStore>(['read', 'stat', 'list', 'signedReadUrl']),
+  writes: new Set<keyof ObjectStore>(['put', 'delete']),
+  outcomeUnknown: (error: unknown) => {
+    const status = statusOf(error);
+    return status === undefined || status >= 500;
+  },
+};

@@ -1,7 +1,7 @@
 import {subscribe, unsubscribe} from 'node:diagnostics_channel';
 import {AppError, validationError} from '../../core/errors';
 import type {UpstreamParameters} from '../../core/generation';
-import type {GeneratedImages, ImageProvider, UpstreamRequest} from '../../core/ports';
+import type {CallOptions, GeneratedImages, ImageProvider, UpstreamRequest} from '../../core/ports';
 import type {Usage} from '../../core/records';
 import {Limiter} from './limiter';
 import {BufferPool, parseImagesResponse} from './response-parser';
@@ -38,6 +38,8 @@ type GenerateBody = Pick<
   SdkGenerateParams,
   'model' | 'prompt' | 'n' | 'response_format' | keyof UpstreamParameters
 >;
+
+const CONTENT_TYPES: Record<string, string> = {png: 'image/png', jpeg: 'image/jpeg', webp: 'image/webp'};
 
 const SAFETY_CODES = new Set(['content_policy_violation', 'moderation_blocked']);
 
@@ -78,8 +80,9 @@ export class OpenAIImageProvider implements ImageProvider {
   async generate<T>(
     request: UpstreamRequest,
     store: (result: GeneratedImages) => Promise<T>,
-    signal?: AbortSignal,
+    options: CallOptions = {},
   ): Promise<T> {
+    const {signal} = options;
     const client = this.getClient();
     const deadline = AbortSignal.timeout(this.options.timeoutMs);
     const combined = signal ? AbortSignal.any([signal, deadline]) : deadline;
@@ -89,14 +92,27 @@ export class OpenAIImageProvider implements ImageProvider {
       n: request.n,
       ...request.parameters,
     };
+    const fail = (error: unknown) =>
+      translateError(error, request, deadline.aborted, signal?.aborted ?? false);
 
     const whileWaiting = this.options.whileWaiting;
     const sent = whileWaiting && onceSent(new URL(client.baseURL).origin, whileWaiting);
+    if (request.partialImages !== undefined) {
+      let image: GeneratedImages;
+      try {
+        image = await this.streamImage(client, body, request.partialImages, combined, options.onPartial);
+      } catch (error) {
+        throw fail(error);
+      } finally {
+        sent?.();
+      }
+      return this.decodeSlots.run(() => store(image));
+    }
     let response: Response;
     try {
       response = await client.images.generate(body, {signal: combined}).asResponse();
     } catch (error) {
-      throw translateError(error, request, deadline.aborted, signal?.aborted ?? false);
+      throw fail(error);
     } finally {
       sent?.();
     }
@@ -109,6 +125,39 @@ export class OpenAIImageProvider implements ImageProvider {
         result.release();
       }
     });
+  }
+
+  /**
+   * One streamed image: partial images are handed on as they arrive, base64
+   * as it came (they only travel on to the caller); the final image is
+   * decoded once.
+   */
+  private async streamImage(
+    client: OpenAIClient,
+    body: GenerateBody,
+    partialImages: number,
+    signal: AbortSignal,
+    onPartial: CallOptions['onPartial'],
+  ): Promise<GeneratedImages> {
+    const stream = await client.images.generate(
+      {...body, n: 1, stream: true, partial_images: partialImages},
+      {signal},
+    );
+    for await (const event of stream) {
+      if (event.type === 'image_generation.partial_image') {
+        onPartial?.({
+          partialImageIndex: event.partial_image_index,
+          b64: event.b64_json,
+          contentType: CONTENT_TYPES[event.output_format] ?? 'application/octet-stream',
+        });
+      } else if (event.type === 'image_generation.completed') {
+        return {
+          images: [{data: Buffer.from(event.b64_json, 'base64'), revisedPrompt: null}],
+          usage: (event.usage as unknown as Usage) ?? null,
+        };
+      }
+    }
+    throw new AppError('UPSTREAM_ERROR', 'OpenAI ended the stream without the image');
   }
 
   /** Streams the body: image data is decoded and hashed as it arrives (see response-parser). */

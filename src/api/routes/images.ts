@@ -7,6 +7,20 @@ import {DeletedSchema, IMAGE_CONTENT_TYPES, ImageUrlSchema} from '../views';
 
 const ImageParamsSchema = z.object({id: z.string().describe('Image id (a UUID).')});
 
+/** What a signed proxy URL adds (see api/urls.ts); without them the caller's key is needed. */
+const SignedUrlQuerySchema = z.object({
+  expires: z
+    .string()
+    .regex(/^\d{1,12}$/)
+    .optional()
+    .describe('Unix seconds after which the URL stops working.'),
+  signature: z
+    .string()
+    .regex(/^[0-9a-f]{64}$/)
+    .optional()
+    .describe('HMAC of the image id and `expires`.'),
+});
+
 const IMAGE_CACHE_CONTROL = 'public, max-age=31536000, immutable';
 
 /**
@@ -32,6 +46,9 @@ function serveImageRoute(method: 'GET' | 'HEAD') {
     operationId: method === 'GET' ? 'getImage' : 'headImage',
     summary: method === 'GET' ? 'The image bytes' : 'The image headers',
     params: ImageParamsSchema,
+    // A signed proxy URL is its own credential, so a browser's <img> needs no header.
+    signedUrls: true,
+    query: SignedUrlQuerySchema,
     headers: z.object({'If-None-Match': z.string().optional()}),
     responses: {
       200: {
@@ -42,7 +59,7 @@ function serveImageRoute(method: 'GET' | 'HEAD') {
     },
     errors: method === 'GET' ? ['IMAGE_NOT_FOUND', 'STORAGE_ERROR'] : ['IMAGE_NOT_FOUND'],
     async handle(ctx) {
-      const image = await findImage(ctx.services, ctx.params.id);
+      const {image} = await findImage(ctx.services, ctx.requester, ctx.params.id);
       ctx.labels.image_ids = image.id;
       const etag = `"${image.sha256}"`;
       const headers = {
@@ -80,7 +97,7 @@ export const imageRoutes = [
     responses: {200: {description: 'Deleted', schema: DeletedSchema}},
     errors: ['IMAGE_NOT_FOUND', 'STORAGE_ERROR'],
     async handle(ctx) {
-      const image = await deleteImage(ctx.services, ctx.params.id);
+      const image = await deleteImage(ctx.services, ctx.requester, ctx.params.id);
       ctx.labels.job_id = image.job_id;
       ctx.labels.image_ids = image.id;
       sendJson(ctx.res, 200, {status: 'deleted', job_id: image.job_id, image_ids: [image.id]});
@@ -95,7 +112,7 @@ export const imageRoutes = [
     responses: {200: {description: 'The URL', schema: ImageUrlSchema}},
     errors: ['IMAGE_NOT_FOUND', 'STORAGE_ERROR'],
     async handle(ctx) {
-      const image = await findImage(ctx.services, ctx.params.id);
+      const {image} = await findImage(ctx.services, ctx.requester, ctx.params.id);
       ctx.labels.image_ids = image.id;
       sendJson(ctx.res, 200, {id: image.id, ...(await ctx.links(image))});
     },

@@ -5,6 +5,7 @@ import {jobRoutes} from './jobs';
 import {modelRoutes} from './models';
 import {describeApiRoute} from './openapi';
 import {probeRoutes} from './probes';
+import {taskRoutes} from './tasks';
 
 /** Every operation the function answers; anything else is 404, a wrong method 405. */
 export const ROUTES: Route[] = [
@@ -13,5 +14,6 @@ export const ROUTES: Route[] = [
   ...imageRoutes,
   ...modelRoutes,
   ...probeRoutes,
+  ...taskRoutes,
   describeApiRoute(() => ROUTES),
 ];

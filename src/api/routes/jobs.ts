@@ -1,4 +1,5 @@
 import {z} from 'zod';
+import {METADATA_KEY_FORMAT} from '../../core/generation';
 import {JOB_STATUSES} from '../../core/records';
 import {deleteJob, findJob, listJobs} from '../../core/usecases/jobs';
 import {sendJson} from '../responses';
@@ -7,7 +8,8 @@ import {DeletedSchema, JobListSchema, JobViewSchema, jobView} from '../views';
 
 export const JobParamsSchema = z.object({id: z.string().describe('Job id (a UUID).')});
 
-const METADATA_FILTER = /^metadata\.([A-Za-z0-9_.-]{1,64})$/;
+/** `metadata.<key>`, with a key the generate request would accept. */
+const METADATA_FILTER = new RegExp(`^metadata\\.(${METADATA_KEY_FORMAT.source.slice(1, -1)})$`);
 
 /** GET /jobs: limit, cursor, status, and one `metadata.<key>=<value>` filter. */
 export const ListJobsQuerySchema = z
@@ -68,7 +70,7 @@ export const jobRoutes = [
     responses: {200: {description: 'A page of jobs', schema: JobListSchema}},
     errors: ['VALIDATION_ERROR', 'STORAGE_ERROR'],
     async handle(ctx) {
-      const page = await listJobs(ctx.services, ctx.query);
+      const page = await listJobs(ctx.services, ctx.requester, ctx.query);
       const jobs = await Promise.all(page.jobs.map(job => jobView(job, ctx.links)));
       sendJson(ctx.res, 200, {jobs, next_cursor: page.nextCursor});
     },
@@ -82,7 +84,7 @@ export const jobRoutes = [
     responses: {200: {description: 'The job', schema: JobViewSchema}},
     errors: ['JOB_NOT_FOUND', 'STORAGE_ERROR'],
     async handle(ctx) {
-      const job = await findJob(ctx.services, ctx.params.id);
+      const job = await findJob(ctx.services, ctx.requester, ctx.params.id);
       ctx.labels.job_id = job.id;
       sendJson(ctx.res, 200, await jobView(job, ctx.links));
     },
@@ -94,9 +96,9 @@ export const jobRoutes = [
     summary: 'Delete a job and all its images',
     params: JobParamsSchema,
     responses: {200: {description: 'Deleted', schema: DeletedSchema}},
-    errors: ['JOB_NOT_FOUND', 'STORAGE_ERROR'],
+    errors: ['JOB_NOT_FOUND', 'JOB_RUNNING', 'STORAGE_ERROR'],
     async handle(ctx) {
-      const job = await deleteJob(ctx.services, ctx.params.id);
+      const job = await deleteJob(ctx.services, ctx.requester, ctx.params.id);
       ctx.labels.job_id = job.id;
       sendJson(ctx.res, 200, {
         status: 'deleted',

@@ -1,11 +1,10 @@
 import {createHash, randomUUID} from 'node:crypto';
-import {AppError, storageCall} from '../errors';
+import {AppError, isAppError, storageCall} from '../errors';
 import type {GenerateCommand} from '../generation';
-import type {ClaimOutcome, IdempotencyRecord} from '../ports';
-import type {JobRecord} from '../records';
-import type {Requester} from '../requester';
-import {jobPrefix} from '../ids';
-import {generateImages, removeObjects, type GenerateDeps} from './generate';
+import type {ClaimOutcome, IdempotencyRecord, KeyJobState} from '../ports';
+import type {JobRecord, JobStatus} from '../records';
+import {ownerOf, type Requester} from '../requester';
+import {generateImages, type GenerateDeps, type GenerateOptions} from './generate';
 import {reserveDailyQuota} from './quota';
 
 export interface IdempotencyOptions {
@@ -48,30 +47,40 @@ function sortedDeep(value: unknown): unknown {
 
 /**
  * The decision a store makes inside its atomic section, given what is stored
- * under the key (if anything) and whether its job exists. `write` is the
- * record to store, if any.
+ * under the key (if anything) and the state of its job. `write` is the record
+ * to store, if any.
  */
 export function decideClaim(
   existing: IdempotencyRecord | null,
-  jobExists: boolean,
+  job: KeyJobState,
   claim: IdempotencyRecord,
   now: Date,
 ): {result: ClaimOutcome; write: IdempotencyRecord | null} {
   if (!existing || existing.expiresAt <= now) {
     return {result: {outcome: 'claimed', jobId: claim.jobId, recovered: false}, write: claim};
   }
+  // This very claim, already written: a repeat of a write whose answer was lost.
+  if (existing.jobId === claim.jobId && existing.fingerprint === claim.fingerprint) {
+    return {result: {outcome: 'claimed', jobId: claim.jobId, recovered: false}, write: null};
+  }
   if (existing.fingerprint !== claim.fingerprint) return {result: {outcome: 'mismatch'}, write: null};
-  if (existing.completed || jobExists) {
+  if (existing.completed || job === 'finished') {
     return {result: {outcome: 'completed', jobId: existing.jobId}, write: null};
   }
-  if (existing.leaseUntil > now) {
+  // A failed job frees its key at once, even when freeing it explicitly did not get through.
+  if (existing.leaseUntil > now && job !== 'failed') {
     return {result: {outcome: 'in_progress', leaseUntil: existing.leaseUntil}, write: null};
   }
-  // The run that held the key stopped without finishing: take it over under the same job id.
-  return {
-    result: {outcome: 'claimed', jobId: existing.jobId, recovered: true},
-    write: {...claim, jobId: existing.jobId},
-  };
+  // The run that held the key failed, or stopped without finishing: run again,
+  // as a new job; the reconciler cleans up after the old one.
+  return {result: {outcome: 'claimed', jobId: claim.jobId, recovered: true}, write: claim};
+}
+
+/** What a job record means for the idempotency key that points to it. */
+export function keyJobState(job: {status: JobStatus} | null): KeyJobState {
+  if (!job) return 'none';
+  if (job.status === 'running') return 'running';
+  return job.status === 'failed' ? 'failed' : 'finished';
 }
 
 /**
@@ -90,7 +99,11 @@ export class IdempotentGenerator {
     private readonly options: IdempotencyOptions,
   ) {}
 
-  async generate(command: GenerateCommand, requester: Requester): Promise<GenerateOutcome> {
+  async generate(
+    command: GenerateCommand,
+    requester: Requester,
+    onEvent?: GenerateOptions['onEvent'],
+  ): Promise<GenerateOutcome> {
     // Checked before any key is claimed or quota reserved.
     if (!this.deps.provider.configured) {
       throw new AppError(
@@ -100,9 +113,10 @@ export class IdempotentGenerator {
     }
     const key = command.idempotencyKey;
     if (key === undefined) {
-      return {job: await this.run(command, requester), replayed: false};
+      return {job: await this.run(command, requester, randomUUID(), onEvent), replayed: false};
     }
-    const keyHash = sha256(key);
+    // Keys are per caller: another caller's key is just another key.
+    const keyHash = sha256(`${ownerOf(requester) ?? ''}\n${key}`);
     const fingerprint = fingerprintOf(command);
 
     // Registered before the first await, so duplicates arriving meanwhile join this attempt.
@@ -111,7 +125,7 @@ export class IdempotentGenerator {
       if (local.fingerprint !== fingerprint) throw reused();
       return {job: await local.run, replayed: true};
     }
-    const attempt = this.claimAndRun(command, requester, keyHash, fingerprint);
+    const attempt = this.claimAndRun(command, requester, keyHash, fingerprint, onEvent);
     const run = attempt.then(outcome => outcome.job);
     // Only duplicates await `run`; without any, its rejection must not go unhandled
     // (the Functions Framework ends the instance on an unhandled rejection).
@@ -124,14 +138,27 @@ export class IdempotentGenerator {
     }
   }
 
-  /** Reserves quota, generates, and gives the quota back if generation fails. */
-  private async run(command: GenerateCommand, requester: Requester, jobId?: string): Promise<JobRecord> {
+  /**
+   * Reserves quota, generates, and gives the quota back if generation fails
+   * for certain (a job that may still complete keeps its reservation).
+   */
+  private async run(
+    command: GenerateCommand,
+    requester: Requester,
+    jobId: string,
+    onEvent: GenerateOptions['onEvent'],
+  ): Promise<JobRecord> {
     const now = this.deps.now?.() ?? new Date();
-    const release = await reserveDailyQuota(this.deps, requester, command.count, now);
+    const release = await reserveDailyQuota(this.deps, requester, jobId, command.count, now);
     try {
-      return await generateImages(this.deps, command, jobId === undefined ? {} : {jobId});
+      return await generateImages(this.deps, command, {
+        jobId,
+        owner: ownerOf(requester),
+        leaseMs: this.options.leaseMs,
+        ...(onEvent ? {onEvent} : {}),
+      });
     } catch (error) {
-      await release();
+      if (!inDoubt(error)) await release();
       throw error;
     }
   }
@@ -141,6 +168,7 @@ export class IdempotentGenerator {
     requester: Requester,
     keyHash: string,
     fingerprint: string,
+    onEvent: GenerateOptions['onEvent'],
   ): Promise<GenerateOutcome> {
     const now = this.deps.now?.() ?? new Date();
     const claim: IdempotencyRecord = {
@@ -184,7 +212,7 @@ export class IdempotentGenerator {
       }
       case 'claimed':
         return {
-          job: await this.runClaimed(command, requester, keyHash, outcome.jobId, outcome.recovered),
+          job: await this.runClaimed(command, requester, keyHash, outcome.jobId, onEvent),
           replayed: false,
         };
     }
@@ -195,22 +223,26 @@ export class IdempotentGenerator {
     requester: Requester,
     keyHash: string,
     jobId: string,
-    recovered: boolean,
+    onEvent: GenerateOptions['onEvent'],
   ): Promise<JobRecord> {
     try {
-      if (recovered) {
-        // A crashed run may have stored some images before it stopped.
-        await removeObjects(this.deps.objects, await this.deps.objects.list(jobPrefix(jobId)));
-      }
-      const job = await this.run(command, requester, jobId);
+      const job = await this.run(command, requester, jobId, onEvent);
       // The job record already makes the key replay; this only survives a later delete of the job.
       await this.deps.metadata.completeIdempotencyKey(keyHash, jobId).catch(() => undefined);
       return job;
     } catch (error) {
-      await this.deps.metadata.releaseIdempotencyKey(keyHash, jobId).catch(() => undefined);
+      // A job that may still complete keeps its key: a retry waits for it, then replays it.
+      // A failed job frees its key even when this release does not get through (see decideClaim).
+      if (!inDoubt(error))
+        await this.deps.metadata.releaseIdempotencyKey(keyHash, jobId).catch(() => undefined);
       throw error;
     }
   }
+}
+
+/** A job whose outcome is not known yet: it may still complete. */
+function inDoubt(error: unknown): boolean {
+  return isAppError(error) && error.code === 'JOB_OUTCOME_UNKNOWN';
 }
 
 function reused(): AppError {

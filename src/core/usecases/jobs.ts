@@ -1,7 +1,8 @@
-import {notFound, storageCall, validationError} from '../errors';
+import {AppError, notFound, storageCall, validationError} from '../errors';
 import type {JobCursor, MetadataStore, ObjectStore} from '../ports';
 import type {JobRecord, JobStatus} from '../records';
-import {isId} from '../ids';
+import {isId, jobPrefix} from '../ids';
+import {mayAccess, visibleOwner, type Requester} from '../requester';
 
 export interface JobDeps {
   objects: ObjectStore;
@@ -9,10 +10,11 @@ export interface JobDeps {
   now?: () => Date;
 }
 
-export async function findJob(deps: JobDeps, id: string): Promise<JobRecord> {
+/** The job, if the requester may see it: another caller's job is as not found as a missing one. */
+export async function findJob(deps: JobDeps, requester: Requester, id: string): Promise<JobRecord> {
   if (!isId(id)) throw notFound('job', id);
   const job = await storageCall('Could not read the job record', deps.metadata.getJob(id));
-  if (!job) throw notFound('job', id);
+  if (!job || !mayAccess(requester, job.owner)) throw notFound('job', id);
   return job;
 }
 
@@ -46,14 +48,18 @@ function decodeCursor(value: string): JobCursor {
   throw validationError([{field: 'cursor', message: 'not a cursor this service returned'}]);
 }
 
+/** The requester's jobs (everyone's for an admin or behind IAM), newest first. */
 export async function listJobs(
   deps: JobDeps,
+  requester: Requester,
   input: ListJobsInput,
 ): Promise<{jobs: JobRecord[]; nextCursor: string | null}> {
+  const owner = visibleOwner(requester);
   const page = await storageCall(
     'Could not list jobs',
     deps.metadata.listJobs({
       limit: input.limit,
+      ...(owner !== undefined ? {owner} : {}),
       ...(input.cursor ? {after: decodeCursor(input.cursor)} : {}),
       ...(input.status ? {status: input.status} : {}),
       ...(input.metadata ? {metadata: input.metadata} : {}),
@@ -68,8 +74,23 @@ export async function listJobs(
  * untouched, so the job still lists exactly the images that exist, and a
  * retry carries on where this one stopped.
  */
-export async function deleteJob(deps: JobDeps, id: string): Promise<JobRecord> {
-  const job = await findJob(deps, id);
+export async function deleteJob(deps: JobDeps, requester: Requester, id: string): Promise<JobRecord> {
+  const job = await findJob(deps, requester, id);
+  if (job.status === 'running') {
+    throw new AppError('JOB_RUNNING', `Job ${job.id} is still running; delete it once it has finished`, {
+      retryAfterSeconds: 30,
+    });
+  }
+  if (job.status === 'failed') {
+    // A failed run may have left objects behind (the reconciler removes them too).
+    const left = await storageCall(
+      'Could not list the objects of the job',
+      deps.objects.list(jobPrefix(job.id)),
+    );
+    for (const object of left) {
+      await storageCall('Could not delete an image of the job', deps.objects.delete(object.path));
+    }
+  }
   const now = (deps.now ?? (() => new Date()))().toISOString();
   // One at a time: each image's record update touches the same job record.
   for (const image of job.images) {
