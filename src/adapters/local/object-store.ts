@@ -1,72 +1,141 @@
-import {promises as fs} from 'node:fs';
+import {randomBytes} from 'node:crypto';
+import {promises as nodeFs} from 'node:fs';
 import * as path from 'node:path';
 import type {Readable} from 'node:stream';
-import type {ObjectStore} from '../../core/ports';
-import {createExclusive, isAlreadyExists, isNotFound, removeFile, resolveInside, writeNew} from './fs';
+import type {ObjectInfo, ObjectStore} from '../../core/ports';
+import {isAlreadyExists, isNotFound, resolveInside} from './fs';
 
 interface Sidecar {
   contentType: string;
   metadata: Record<string, string>;
 }
 
+/** The file operations the store makes; tests pass ones that fail, to check what a failure leaves. */
+export type ObjectFiles = Pick<
+  typeof nodeFs,
+  'mkdir' | 'writeFile' | 'link' | 'unlink' | 'readFile' | 'stat' | 'open' | 'readdir'
+>;
+
+/** What a write in progress is named: `<file>.tmp-<pid>-<random>`, in the file's own directory. */
+const TEMP_FILE = /\.tmp-\d+-[0-9a-f]+$/;
+
+function tempPathFor(file: string): string {
+  return `${file}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
+}
+
+function sameSidecar(a: Sidecar, b: Sidecar): boolean {
+  const keys = Object.keys(a.metadata);
+  return (
+    a.contentType === b.contentType &&
+    keys.length === Object.keys(b.metadata).length &&
+    keys.every(key => a.metadata[key] === b.metadata[key])
+  );
+}
+
+function objectExists(path: string): Error {
+  return new Error(`Object already exists: ${path}`);
+}
+
 /**
  * Image bytes on the local disk: `<dataDir>/objects/<path>` with the content
  * type and metadata in `<dataDir>/object-meta/<path>.json`.
+ *
+ * Every file is written whole to a temporary file next to it and then
+ * hard-linked into place, which is atomic and fails if the name is taken: a
+ * reader never sees part of a file, and a write that fails (a full disk, say)
+ * removes its temporary file and leaves nothing. The sidecar is written
+ * before the object and removed after it, so an object never exists without
+ * its metadata.
  */
 export class LocalObjectStore implements ObjectStore {
   private readonly objectsRoot: string;
   private readonly metaRoot: string;
+  /** Directories known to exist; saves a mkdir call per write on the hot path. */
+  private readonly existingDirs = new Set<string>();
 
-  constructor(dataDir: string) {
+  constructor(
+    dataDir: string,
+    private readonly files: ObjectFiles = nodeFs,
+  ) {
     this.objectsRoot = path.resolve(dataDir, 'objects');
     this.metaRoot = path.resolve(dataDir, 'object-meta');
   }
 
   async put(objectPath: string, data: Buffer, info: Parameters<ObjectStore['put']>[2]): Promise<void> {
     const file = resolveInside(this.objectsRoot, objectPath);
+    const sidecarFile = this.sidecarPath(objectPath);
     const sidecar: Sidecar = {contentType: info.contentType, metadata: info.metadata};
+
+    let ownSidecar = true;
     try {
-      // The sidecar goes first: an object that exists always has its metadata.
-      await createExclusive(this.sidecarPath(objectPath), JSON.stringify(sidecar));
+      await this.createExclusive(sidecarFile, JSON.stringify(sidecar));
     } catch (error) {
-      if (isAlreadyExists(error)) throw new Error(`Object already exists: ${objectPath}`, {cause: error});
-      throw error;
+      if (!isAlreadyExists(error)) throw error;
+      // Another write of this path got here first. Only the same write again (a retry, or a
+      // duplicate running alongside) may go on; it must leave that write's sidecar alone.
+      const existing = await this.readSidecar(sidecarFile);
+      if (!existing || !sameSidecar(existing, sidecar)) throw objectExists(objectPath);
+      ownSidecar = false;
     }
+
     try {
-      // Object bytes are written in place (create-only): no reader knows the path
-      // until the records that name it are written, after this write completes.
-      await writeNew(file, data);
+      await this.createExclusive(file, data);
     } catch (error) {
-      if (!isAlreadyExists(error)) await removeFile(file).catch(() => undefined);
-      await removeFile(this.sidecarPath(objectPath)).catch(() => undefined);
-      throw isAlreadyExists(error)
-        ? new Error(`Object already exists: ${objectPath}`, {cause: error})
-        : error;
+      if (isAlreadyExists(error)) {
+        if (await this.holds(file, data)) return;
+        // Only an object older than sidecars can be there without one; it keeps having none.
+        if (ownSidecar) await this.unlinkQuietly(sidecarFile);
+        throw objectExists(objectPath);
+      }
+      // Our sidecar goes, unless a duplicate of this write landed its object meanwhile.
+      if (ownSidecar && !(await this.exists(file))) await this.unlinkQuietly(sidecarFile);
+      throw error;
     }
   }
 
   async read(objectPath: string): Promise<Readable | null> {
     const file = resolveInside(this.objectsRoot, objectPath);
     // Open first so a missing file is a null, not a stream error later.
-    const handle = await fs.open(file, 'r').catch(error => {
+    const handle = await this.files.open(file, 'r').catch(error => {
       if (isNotFound(error)) return null;
       throw error;
     });
     return handle ? handle.createReadStream() : null;
   }
 
+  async stat(objectPath: string): Promise<ObjectInfo | null> {
+    const file = resolveInside(this.objectsRoot, objectPath);
+    let stats;
+    try {
+      stats = await this.files.stat(file);
+    } catch (error) {
+      if (isNotFound(error)) return null;
+      throw error;
+    }
+    // Written before the object, so it is there; a default only guards against hand-made files.
+    const sidecar = await this.readSidecar(this.sidecarPath(objectPath));
+    return {
+      path: objectPath,
+      bytes: stats.size,
+      contentType: sidecar?.contentType ?? 'application/octet-stream',
+      metadata: sidecar?.metadata ?? {},
+      // Not every file system records a birth time; the object is never modified, so mtime is as good.
+      createdAt: new Date(stats.birthtimeMs > 0 ? stats.birthtimeMs : stats.mtimeMs),
+    };
+  }
+
   async delete(objectPath: string): Promise<boolean> {
-    const existed = await removeFile(resolveInside(this.objectsRoot, objectPath));
-    await removeFile(this.sidecarPath(objectPath));
+    const existed = await this.unlink(resolveInside(this.objectsRoot, objectPath));
+    await this.unlink(this.sidecarPath(objectPath));
     return existed;
   }
 
-  async list(prefix: string): Promise<string[]> {
+  async list(prefix: string): Promise<ObjectInfo[]> {
     const found: string[] = [];
     const walk = async (dir: string): Promise<void> => {
       let entries;
       try {
-        entries = await fs.readdir(dir, {withFileTypes: true});
+        entries = await this.files.readdir(dir, {withFileTypes: true});
       } catch (error) {
         if (isNotFound(error)) return;
         throw error;
@@ -74,7 +143,7 @@ export class LocalObjectStore implements ObjectStore {
       for (const entry of entries) {
         const full = path.join(dir, entry.name);
         if (entry.isDirectory()) await walk(full);
-        else if (!entry.name.includes('.tmp-')) {
+        else if (!TEMP_FILE.test(entry.name)) {
           const relative = path.relative(this.objectsRoot, full).split(path.sep).join('/');
           if (relative.startsWith(prefix)) found.push(relative);
         }
@@ -83,10 +152,86 @@ export class LocalObjectStore implements ObjectStore {
     // Walk only the directory the prefix names, not the whole tree.
     const slash = prefix.lastIndexOf('/');
     await walk(slash === -1 ? this.objectsRoot : resolveInside(this.objectsRoot, prefix.slice(0, slash)));
-    return found.sort();
+    const infos = await Promise.all(found.sort().map(objectPath => this.stat(objectPath)));
+    // An object deleted while listing is left out.
+    return infos.filter(info => info !== null);
   }
 
   private sidecarPath(objectPath: string): string {
     return resolveInside(this.metaRoot, `${objectPath}.json`);
+  }
+
+  private async readSidecar(file: string): Promise<Sidecar | null> {
+    try {
+      return JSON.parse(await this.files.readFile(file, 'utf8')) as Sidecar;
+    } catch (error) {
+      if (isNotFound(error)) return null;
+      throw error;
+    }
+  }
+
+  /** Whether `file` holds exactly `data`. */
+  private async holds(file: string, data: Buffer): Promise<boolean> {
+    try {
+      const stats = await this.files.stat(file);
+      return stats.size === data.length && (await this.files.readFile(file)).equals(data);
+    } catch (error) {
+      if (isNotFound(error)) return false;
+      throw error;
+    }
+  }
+
+  private async exists(file: string): Promise<boolean> {
+    return this.files.stat(file).then(
+      () => true,
+      () => false,
+    );
+  }
+
+  /**
+   * Creates `file` with `data`, whole or not at all; fails with EEXIST if it
+   * exists. The temporary file is removed whatever happens.
+   */
+  private async createExclusive(file: string, data: Buffer | string): Promise<void> {
+    const temp = tempPathFor(file);
+    try {
+      await this.writeNew(temp, data);
+      await this.files.link(temp, file);
+    } finally {
+      await this.unlinkQuietly(temp);
+    }
+  }
+
+  /** Creates `file`, making its directory first unless it is known to exist (and again if it was removed). */
+  private async writeNew(file: string, data: Buffer | string): Promise<void> {
+    const dir = path.dirname(file);
+    if (!this.existingDirs.has(dir)) {
+      await this.files.mkdir(dir, {recursive: true});
+      this.existingDirs.add(dir);
+    }
+    try {
+      await this.files.writeFile(file, data, {flag: 'wx'});
+    } catch (error) {
+      if (!isNotFound(error)) throw error;
+      this.existingDirs.delete(dir);
+      await this.files.mkdir(dir, {recursive: true});
+      this.existingDirs.add(dir);
+      await this.files.writeFile(file, data, {flag: 'wx'});
+    }
+  }
+
+  /** Returns false when there was no such file. */
+  private async unlink(file: string): Promise<boolean> {
+    try {
+      await this.files.unlink(file);
+      return true;
+    } catch (error) {
+      if (isNotFound(error)) return false;
+      throw error;
+    }
+  }
+
+  private async unlinkQuietly(file: string): Promise<void> {
+    await this.files.unlink(file).catch(() => undefined);
   }
 }
