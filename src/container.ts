@@ -7,8 +7,8 @@ import {withDeadlines} from './adapters/deadline';
 import {FIRESTORE_DEADLINES, FirestoreMetadataStore} from './adapters/firestore/metadata-store';
 import {GCS_DEADLINES, GcsObjectStore} from './adapters/gcs/object-store';
 import {HeaderImageCodec} from './adapters/imaging/image-codec';
-import {LocalMetadataStore} from './adapters/local/metadata-store';
 import {LocalObjectStore} from './adapters/local/object-store';
+import {SqliteMetadataStore} from './adapters/local/sqlite-metadata-store';
 import {OpenAIImageProvider} from './adapters/openai/provider';
 import {createLogger, type Logger} from './logger';
 import {reconcile, type ReconcileReport} from './core/usecases/reconcile';
@@ -120,7 +120,7 @@ function createStores(config: Config): Stores {
   if (config.storage.kind === 'local') {
     return {
       objects: new LocalObjectStore(config.storage.dataDir),
-      metadata: new LocalMetadataStore(config.storage.dataDir),
+      metadata: new SqliteMetadataStore(config.storage.dataDir),
     };
   }
   const {bucket, projectId, firestoreDatabase, storageEndpoint} = config.storage;

@@ -1,7 +1,8 @@
 import {createHash, randomUUID} from 'node:crypto';
-import {readFileSync} from 'node:fs';
-import {LocalMetadataStore} from '../../src/adapters/local/metadata-store';
+import {join} from 'node:path';
+import {DatabaseSync} from 'node:sqlite';
 import {LocalObjectStore} from '../../src/adapters/local/object-store';
+import {DATABASE_FILE, SqliteMetadataStore} from '../../src/adapters/local/sqlite-metadata-store';
 import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
 import {postJson, startFunction, type RunningFunction} from '../support/function-server';
 import {useTempDir} from '../support/temp-dir';
@@ -127,7 +128,7 @@ describe('idempotent generation', () => {
     const key = randomUUID();
     const keyHash = createHash('sha256').update(key).digest('hex');
     const jobId = randomUUID();
-    const store = new LocalMetadataStore(dataDir());
+    const store = new SqliteMetadataStore(dataDir());
     const images = new LocalObjectStore(dataDir());
     // What a crashed run leaves: a claim whose lease ran out, and one stored image.
     const past = new Date(Date.now() - 3600_000);
@@ -137,9 +138,11 @@ describe('idempotent generation', () => {
     expect(fingerprintProbe.status).toBe(200);
     const probeHash = createHash('sha256').update(`${key}-probe`).digest('hex');
     // The same parameters under another key give the fingerprint the crashed run would have stored.
-    const probe = JSON.parse(readFileSync(`${dataDir()}/records/idempotency/${probeHash}.json`, 'utf8')) as {
-      fingerprint: string;
-    };
+    const db = new DatabaseSync(join(dataDir(), DATABASE_FILE), {readOnly: true});
+    const probe = db
+      .prepare('SELECT fingerprint FROM idempotency_keys WHERE key_hash = ?')
+      .get(probeHash) as {fingerprint: string};
+    db.close();
     await store.claimIdempotencyKey(
       keyHash,
       {
@@ -151,6 +154,7 @@ describe('idempotent generation', () => {
       },
       new Date(past.getTime() - 1000),
     );
+    await store.close();
     await images.put(`images/${jobId}/000-${randomUUID()}.png`, Buffer.from('partial'), {
       contentType: 'image/png',
       metadata: {},
