@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One-time (and safe to re-run) setup of the Google Cloud resources the
 # imagegen function needs: APIs, the image bucket, the Firestore database with
-# its TTL policy and composite index, the OpenAI key secret and a dedicated
-# runtime service account holding only the roles it needs. Prints the deploy
-# command at the end.
+# its TTL policies and composite indexes, the OpenAI key secret, a dedicated
+# runtime service account holding only the roles it needs, and the Cloud
+# Scheduler job (with its own service account) that calls the function's
+# reconciler. Prints the deploy command at the end, and the one grant to make
+# after the first deploy.
 #
 # Every gcloud command is printed (prefixed with "+ ") before it runs. With
 # --dry-run nothing is run at all, not even the "describe" checks: every
@@ -30,6 +32,16 @@ Options (each may also be given as the environment variable in brackets):
                           (default openai-api-key) [SECRET_NAME]
   --retention-days N      delete images N days after upload (default: keep)
                           [IMAGE_RETENTION_DAYS]
+  --scheduler-account NAME
+                          service account Cloud Scheduler calls the reconciler
+                          as (default imagegen-scheduler) [SCHEDULER_ACCOUNT]
+  --function-url URL      the deployed function's https URL, for another
+                          function name or a custom domain (default
+                          https://<region>-<project>.cloudfunctions.net/imageGen)
+                          [FUNCTION_URL]
+  --reconcile-schedule CRON
+                          how often the reconciler runs, five cron fields in
+                          UTC (default '*/10 * * * *') [RECONCILE_SCHEDULE]
   --dry-run               print the commands without running anything
   -h, --help              show this help
 
@@ -53,6 +65,9 @@ FIRESTORE_DATABASE="${FIRESTORE_DATABASE:-(default)}"
 SERVICE_ACCOUNT="${SERVICE_ACCOUNT:-imagegen-runtime}"
 SECRET_NAME="${SECRET_NAME:-openai-api-key}"
 IMAGE_RETENTION_DAYS="${IMAGE_RETENTION_DAYS:-}"
+SCHEDULER_ACCOUNT="${SCHEDULER_ACCOUNT:-imagegen-scheduler}"
+FUNCTION_URL="${FUNCTION_URL:-}"
+RECONCILE_SCHEDULE="${RECONCILE_SCHEDULE:-*/10 * * * *}"
 DRY_RUN=false
 
 need_value() {
@@ -75,6 +90,12 @@ while [[ $# -gt 0 ]]; do
     --secret-name=*) SECRET_NAME="${1#*=}"; shift ;;
     --retention-days) need_value "$@"; IMAGE_RETENTION_DAYS="$2"; shift 2 ;;
     --retention-days=*) IMAGE_RETENTION_DAYS="${1#*=}"; shift ;;
+    --scheduler-account) need_value "$@"; SCHEDULER_ACCOUNT="$2"; shift 2 ;;
+    --scheduler-account=*) SCHEDULER_ACCOUNT="${1#*=}"; shift ;;
+    --function-url) need_value "$@"; FUNCTION_URL="$2"; shift 2 ;;
+    --function-url=*) FUNCTION_URL="${1#*=}"; shift ;;
+    --reconcile-schedule) need_value "$@"; RECONCILE_SCHEDULE="$2"; shift 2 ;;
+    --reconcile-schedule=*) RECONCILE_SCHEDULE="${1#*=}"; shift ;;
     --dry-run) DRY_RUN=true; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
@@ -98,6 +119,23 @@ if [[ -n "$IMAGE_RETENTION_DAYS" ]]; then
   [[ "$IMAGE_RETENTION_DAYS" =~ ^[1-9][0-9]{0,4}$ ]] ||
     die "IMAGE_RETENTION_DAYS must be a whole number of days (1 or more), got '$IMAGE_RETENTION_DAYS'"
 fi
+[[ "$SCHEDULER_ACCOUNT" =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] ||
+  die "'$SCHEDULER_ACCOUNT' is not a valid service account name (6-30 lowercase letters, digits and hyphens)"
+[[ "$SCHEDULER_ACCOUNT" != "$SERVICE_ACCOUNT" ]] ||
+  die "the scheduler account must not be the runtime service account ('$SERVICE_ACCOUNT')"
+# The function's base URL: the reconciler's path is appended to it, and it is
+# the audience of the scheduler's ID token.
+FUNCTION_URL_DEFAULT="https://${REGION}-${PROJECT_ID}.cloudfunctions.net/imageGen"
+FUNCTION_URL="${FUNCTION_URL:-$FUNCTION_URL_DEFAULT}"
+FUNCTION_URL="${FUNCTION_URL%/}"
+[[ "$FUNCTION_URL" =~ ^https://[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?(/[A-Za-z0-9._~%+-]+)*$ ]] ||
+  die "FUNCTION_URL must be an https URL with no query or fragment (e.g. $FUNCTION_URL_DEFAULT), got '$FUNCTION_URL'"
+[[ "$FUNCTION_URL" != */tasks/reconcile ]] ||
+  die "FUNCTION_URL is the function's base URL; /tasks/reconcile is added to it (got '$FUNCTION_URL')"
+cron_field='[A-Za-z0-9*/,-]+'
+cron_re="^ *${cron_field}( +${cron_field}){4} *\$"
+[[ "$RECONCILE_SCHEDULE" =~ $cron_re ]] ||
+  die "RECONCILE_SCHEDULE must be a cron schedule of five fields (minute hour day month weekday, e.g. '*/10 * * * *'), got '$RECONCILE_SCHEDULE'"
 
 if [[ "$DRY_RUN" == false ]]; then
   command -v gcloud >/dev/null 2>&1 || die "gcloud is not installed (https://cloud.google.com/sdk/docs/install)"
@@ -105,6 +143,9 @@ fi
 
 SA_EMAIL="${SERVICE_ACCOUNT}@${PROJECT_ID}.iam.gserviceaccount.com"
 SA_MEMBER="serviceAccount:${SA_EMAIL}"
+SCHEDULER_EMAIL="${SCHEDULER_ACCOUNT}@${PROJECT_ID}.iam.gserviceaccount.com"
+RECONCILE_JOB=imagegen-reconcile
+RECONCILE_URL="${FUNCTION_URL}/tasks/reconcile"
 
 TMP_DIR="$(mktemp -d)"
 trap 'rm -rf "$TMP_DIR"' EXIT
@@ -178,6 +219,7 @@ run gcloud services enable \
   iam.googleapis.com \
   iamcredentials.googleapis.com \
   logging.googleapis.com \
+  cloudscheduler.googleapis.com \
   --project="$PROJECT_ID"
 
 # --- 2. Bucket -----------------------------------------------------------------
@@ -222,42 +264,74 @@ else
     --type=firestore-native --project="$PROJECT_ID"
 fi
 
-# Idempotency keys carry an expires_at Timestamp; the TTL policy deletes them.
-ttl_state=""
-if [[ "$DRY_RUN" == false ]]; then
-  ttl_cmd=(gcloud firestore indexes fields describe expires_at --collection-group=idempotency
-    --database="$FIRESTORE_DATABASE" --project="$PROJECT_ID" '--format=value(ttlConfig.state)')
-  print_cmd "${ttl_cmd[@]}"
-  ttl_state="$("${ttl_cmd[@]}" 2>/dev/null || true)"
-fi
-if [[ "$ttl_state" == ACTIVE || "$ttl_state" == CREATING ]]; then
-  note "TTL policy on idempotency.expires_at is $ttl_state"
-else
-  note "Enabling the TTL policy on idempotency.expires_at (takes a few minutes to become active)"
-  run gcloud firestore fields ttls update expires_at --collection-group=idempotency --enable-ttl \
-    --database="$FIRESTORE_DATABASE" --project="$PROJECT_ID" --async
-fi
+# ensure_ttl COLLECTION_GROUP: turns on the TTL policy that deletes the group's
+# documents once their expires_at Timestamp has passed; left alone when it is
+# already ACTIVE or CREATING.
+ensure_ttl() {
+  local group="$1" state=""
+  if [[ "$DRY_RUN" == false ]]; then
+    local describe=(gcloud firestore indexes fields describe expires_at --collection-group="$group"
+      --database="$FIRESTORE_DATABASE" --project="$PROJECT_ID" '--format=value(ttlConfig.state)')
+    print_cmd "${describe[@]}"
+    state="$("${describe[@]}" 2>/dev/null || true)"
+  fi
+  if [[ "$state" == ACTIVE || "$state" == CREATING ]]; then
+    note "TTL policy on $group.expires_at is $state"
+  else
+    note "Enabling the TTL policy on $group.expires_at (takes a few minutes to become active)"
+    run gcloud firestore fields ttls update expires_at --collection-group="$group" --enable-ttl \
+      --database="$FIRESTORE_DATABASE" --project="$PROJECT_ID" --async
+  fi
+}
 
-# Job listing with a status filter: status == X order by created_at desc, __name__ desc.
+# Idempotency keys; per-caller daily quota counters and the reservations made
+# against them (both expire two days after their day).
+ensure_ttl idempotency
+ensure_ttl quotas
+ensure_ttl quota_reservations
+
+# create_index COLLECTION_GROUP PURPOSE FIELD:ORDER...: creates a composite index.
 # Composite indexes have no describe-by-fields, so creation is attempted and an
 # ALREADY_EXISTS answer counts as success.
-note "Composite index for listing jobs by status (jobs: status ASC, created_at DESC, __name__ DESC)"
-index_cmd=(gcloud firestore indexes composite create --collection-group=jobs --query-scope=collection
-  --field-config=field-path=status,order=ascending
-  --field-config=field-path=created_at,order=descending
-  --field-config=field-path=__name__,order=descending
-  --database="$FIRESTORE_DATABASE" --project="$PROJECT_ID" --async)
-print_cmd "${index_cmd[@]}"
-if [[ "$DRY_RUN" == false ]]; then
-  if ! "${index_cmd[@]}" 2>"$TMP_DIR/index.err"; then
+create_index() {
+  local group="$1" purpose="$2" spec field order shown=""
+  shift 2
+  local cmd=(gcloud firestore indexes composite create --collection-group="$group" --query-scope=collection)
+  for spec in "$@"; do
+    field="${spec%%:*}"
+    order="${spec#*:}"
+    cmd+=("--field-config=field-path=${field},order=${order}")
+    if [[ "$order" == ascending ]]; then shown+=", $field ASC"; else shown+=", $field DESC"; fi
+  done
+  cmd+=(--database="$FIRESTORE_DATABASE" --project="$PROJECT_ID" --async)
+  note "Composite index for $purpose ($group: ${shown#, })"
+  print_cmd "${cmd[@]}"
+  [[ "$DRY_RUN" == true ]] && return 0
+  if ! "${cmd[@]}" 2>"$TMP_DIR/index.err"; then
     if grep -qiE 'already[_ ]?exists' "$TMP_DIR/index.err"; then
       note "The index already exists"
     else
       cat "$TMP_DIR/index.err" >&2
-      die "could not create the jobs index"
+      die "could not create the $group index for $purpose"
     fi
   fi
-fi
+}
+
+# status == X order by created_at desc, __name__ desc
+create_index jobs "listing jobs by status" \
+  status:ascending created_at:descending __name__:descending
+# owner == X order by created_at desc, __name__ desc
+create_index jobs "a caller's own jobs, newest first" \
+  owner:ascending created_at:descending __name__:descending
+# owner == X and status == Y order by created_at desc, __name__ desc
+create_index jobs "a caller's jobs by status" \
+  owner:ascending status:ascending created_at:descending __name__:descending
+# The reconciler: status == 'running' and lease_until < now order by lease_until.
+create_index jobs "the reconciler's expired leases" \
+  status:ascending lease_until:ascending
+# quota_reservations needs none: its only query is a range on created_at
+# ordered by created_at, which the single-field index serves.
+
 note "NOTE: listing jobs filtered by a metadata key (metadata.<key> == value, newest first) needs"
 note "      one composite index per key, and another per key combined with status. For a key KEY:"
 note "      gcloud firestore indexes composite create --collection-group=jobs --query-scope=collection \\"
@@ -330,7 +404,42 @@ run_retry gcloud secrets add-iam-policy-binding "$SECRET_NAME" \
 run_retry gcloud iam service-accounts add-iam-policy-binding "$SA_EMAIL" \
   --member="$SA_MEMBER" --role=roles/iam.serviceAccountTokenCreator --project="$PROJECT_ID"
 
-# --- 6. Next steps ---------------------------------------------------------------
+# --- 6. Reconciler schedule ---------------------------------------------------
+
+# Cloud Scheduler calls POST /tasks/reconcile as its own account, with an OIDC
+# ID token for the function URL. That account is given nothing here: its one
+# role, roles/run.invoker on the function, can only be granted once the
+# function exists (printed at the end). Cloud Scheduler's service agent mints
+# the token through the Cloud Scheduler Service Agent role it receives when the
+# API is enabled, so it needs no grant either. Creating the job needs
+# iam.serviceAccounts.actAs on the scheduler account, which its creator (or a
+# project owner) has.
+if exists gcloud iam service-accounts describe "$SCHEDULER_EMAIL" --project="$PROJECT_ID"; then
+  note "Service account $SCHEDULER_EMAIL exists"
+else
+  note "Creating service account $SCHEDULER_EMAIL"
+  run gcloud iam service-accounts create "$SCHEDULER_ACCOUNT" --display-name="imagegen reconcile scheduler" \
+    --project="$PROJECT_ID"
+fi
+
+# Create and update take the same flags, so a re-run puts back the intended
+# schedule, target and identity.
+job_flags=(--location="$REGION" --schedule="$RECONCILE_SCHEDULE" --time-zone=Etc/UTC
+  --uri="$RECONCILE_URL" --http-method=POST
+  --oidc-service-account-email="$SCHEDULER_EMAIL" --oidc-token-audience="$FUNCTION_URL"
+  --attempt-deadline=300s --description="imagegen: repair what stopped runs left"
+  --project="$PROJECT_ID")
+# run_retry: the scheduler account may have been created seconds ago.
+if exists gcloud scheduler jobs describe "$RECONCILE_JOB" --location="$REGION" --project="$PROJECT_ID"; then
+  note "Scheduler job $RECONCILE_JOB exists: updating it to POST $RECONCILE_URL on '$RECONCILE_SCHEDULE'"
+  run_retry gcloud scheduler jobs update http "$RECONCILE_JOB" "${job_flags[@]}"
+else
+  note "Creating scheduler job $RECONCILE_JOB: POST $RECONCILE_URL on '$RECONCILE_SCHEDULE' (UTC)"
+  run_retry gcloud scheduler jobs create http "$RECONCILE_JOB" "${job_flags[@]}"
+fi
+note "Until the function is deployed and the grant below is made, its runs fail (404 or 403); that is harmless."
+
+# --- 7. Next steps ---------------------------------------------------------------
 
 if [[ "$DRY_RUN" == true ]]; then
   note "Dry run: nothing was changed."
@@ -352,6 +461,23 @@ gcloud functions deploy imageGen --gen2 --runtime=nodejs24 --region=$REGION \\
   --project=$PROJECT_ID
 
 EOF
+note "After the first deploy, let the scheduler account call the function (once):"
+cat <<EOF
+
+gcloud functions add-invoker-policy-binding imageGen --region=$REGION --member=serviceAccount:$SCHEDULER_EMAIL --project=$PROJECT_ID
+
+EOF
+if [[ "$FUNCTION_URL" != "$FUNCTION_URL_DEFAULT" ]]; then
+  note "FUNCTION_URL was given: use your function's name in place of imageGen. The token's audience is"
+  note "$FUNCTION_URL; for a custom domain, add it to the function's Cloud Run service:"
+  note "  gcloud run services update SERVICE --region=$REGION --add-custom-audiences=$FUNCTION_URL --project=$PROJECT_ID"
+fi
+note "That binding is all the scheduler needs: the job sends an OIDC ID token for $SCHEDULER_EMAIL,"
+note "which Cloud Scheduler's service agent mints with the role it got when the API was enabled."
+note "Only if this project enabled the Cloud Scheduler API before 2019-03-19 must that role be granted by hand:"
+note "  gcloud projects add-iam-policy-binding $PROJECT_ID --role=roles/cloudscheduler.serviceAgent \\"
+note "    --member=serviceAccount:service-PROJECT_NUMBER@gcp-sa-cloudscheduler.iam.gserviceaccount.com"
+note "  (PROJECT_NUMBER: gcloud projects describe $PROJECT_ID --format='value(projectNumber)')"
 note "Whoever deploys needs roles/iam.serviceAccountUser on $SA_EMAIL"
 note "(for Cloud Build: its service account, plus roles/cloudfunctions.developer);"
 note "callers need roles/run.invoker on the function (it does not allow unauthenticated calls)."

@@ -12,6 +12,8 @@ const SCRIPT = join(__dirname, '..', '..', 'scripts', 'setup-gcp.sh');
 const PROJECT = 'my-proj-123';
 const SA_EMAIL = `imagegen-runtime@${PROJECT}.iam.gserviceaccount.com`;
 const SA_MEMBER = `--member=serviceAccount:${SA_EMAIL}`;
+const SCHEDULER_EMAIL = `imagegen-scheduler@${PROJECT}.iam.gserviceaccount.com`;
+const FUNCTION_URL = `https://us-central1-${PROJECT}.cloudfunctions.net/imageGen`;
 const FAKE_KEY = 'sk-test-DO-NOT-PRINT-4f2a9c';
 
 const APIS = [
@@ -24,15 +26,32 @@ const APIS = [
   'secretmanager.googleapis.com',
   'iamcredentials.googleapis.com',
   'logging.googleapis.com',
+  'cloudscheduler.googleapis.com',
 ];
+
+/** The exact --field-config flags of each composite index, in the order they are created. */
+const JOB_INDEXES = [
+  ['status,order=ascending', 'created_at,order=descending', '__name__,order=descending'],
+  ['owner,order=ascending', 'created_at,order=descending', '__name__,order=descending'],
+  [
+    'owner,order=ascending',
+    'status,order=ascending',
+    'created_at,order=descending',
+    '__name__,order=descending',
+  ],
+  ['status,order=ascending', 'lease_until,order=ascending'],
+].map(fields => fields.map(field => `--field-config=field-path=${field}`));
+
+const TTL_GROUPS = ['idempotency', 'quotas', 'quota_reservations'];
 
 /**
  * fail: every call is recorded and fails (for dry runs, which must not call it).
  * missing: describe says NOT_FOUND, everything else succeeds.
  * present: everything exists (describe succeeds, the TTL is ACTIVE, the index exists).
  * denied: describe fails with PERMISSION_DENIED.
+ * index-denied: as missing, but creating a composite index fails with PERMISSION_DENIED.
  */
-type FakeMode = 'fail' | 'missing' | 'present' | 'denied';
+type FakeMode = 'fail' | 'missing' | 'present' | 'denied' | 'index-denied';
 
 const FAKE_GCLOUD = `#!/usr/bin/env bash
 printf '%s\\n' "$(basename "$0") $*" >> "$FAKE_GCLOUD_LOG"
@@ -42,9 +61,13 @@ if [[ "$mode" == fail ]]; then
   exit 97
 fi
 args=" $* "
+if [[ "$mode" == index-denied && "$args" == *" indexes composite create "* ]]; then
+  echo "ERROR: (gcloud) PERMISSION_DENIED: caller may not create indexes" >&2
+  exit 1
+fi
 if [[ "$args" == *" describe "* ]]; then
   case "$mode" in
-    missing) echo "ERROR: (gcloud) NOT_FOUND: resource not found" >&2; exit 1 ;;
+    missing | index-denied) echo "ERROR: (gcloud) NOT_FOUND: resource not found" >&2; exit 1 ;;
     denied) echo "ERROR: (gcloud) PERMISSION_DENIED: caller does not have permission" >&2; exit 1 ;;
     present) [[ "$args" == *" indexes fields describe "* ]] && echo ACTIVE; exit 0 ;;
   esac
@@ -173,6 +196,49 @@ function only(result: {printed: string[][]}, ...prefix: string[]): string[] {
   return found[0]!;
 }
 
+/** The whole scheduler job command the script should print and run. */
+function reconcileJob(
+  verb: 'create' | 'update',
+  options: {location?: string; schedule?: string; url?: string; email?: string} = {},
+): string[] {
+  const url = options.url ?? FUNCTION_URL;
+  return [
+    'gcloud',
+    'scheduler',
+    'jobs',
+    verb,
+    'http',
+    'imagegen-reconcile',
+    `--location=${options.location ?? 'us-central1'}`,
+    `--schedule=${options.schedule ?? '*/10 * * * *'}`,
+    '--time-zone=Etc/UTC',
+    `--uri=${url}/tasks/reconcile`,
+    '--http-method=POST',
+    `--oidc-service-account-email=${options.email ?? SCHEDULER_EMAIL}`,
+    `--oidc-token-audience=${url}`,
+    '--attempt-deadline=300s',
+    '--description=imagegen: repair what stopped runs left',
+    `--project=${PROJECT}`,
+  ];
+}
+
+/** The post-deploy grant the script prints for the scheduler account. */
+function invokerGrant(email = SCHEDULER_EMAIL, region = 'us-central1'): string {
+  return (
+    `gcloud functions add-invoker-policy-binding imageGen --region=${region} ` +
+    `--member=serviceAccount:${email} --project=${PROJECT}`
+  );
+}
+
+/** A run that must stop during validation, before printing or calling anything. */
+function rejected(args: string[], env: Record<string, string> = {}): RunResult {
+  const result = run(['--dry-run', '--project', PROJECT, ...args], {env});
+  expect(result.status).not.toBe(0);
+  expect(result.printed).toEqual([]);
+  expect(result.calls).toEqual([]);
+  return result;
+}
+
 describe('setup-gcp.sh --dry-run', () => {
   test('never invokes gcloud, not even to describe, and prints every gcloud command', () => {
     const result = dryRun(['--retention-days', '7'], {OPENAI_API_KEY: FAKE_KEY});
@@ -181,7 +247,9 @@ describe('setup-gcp.sh --dry-run', () => {
     expect(commands(result, 'gcloud', 'storage', 'buckets', 'create')).toHaveLength(1);
     expect(commands(result, 'gcloud', 'firestore', 'databases', 'create')).toHaveLength(1);
     expect(commands(result, 'gcloud', 'secrets', 'create')).toHaveLength(1);
-    expect(commands(result, 'gcloud', 'iam', 'service-accounts', 'create')).toHaveLength(1);
+    expect(commands(result, 'gcloud', 'iam', 'service-accounts', 'create')).toHaveLength(2);
+    expect(commands(result, 'gcloud', 'scheduler', 'jobs', 'create')).toHaveLength(1);
+    expect(commands(result, 'gcloud', 'scheduler', 'jobs', 'update')).toEqual([]);
     expect(result.printed.some(cmd => cmd.includes('describe'))).toBe(false);
     expect(result.printed.every(cmd => cmd[0] === 'gcloud')).toBe(true);
     expect(result.stdout).toMatch(/Dry run: nothing was changed/);
@@ -248,23 +316,50 @@ describe('setup-gcp.sh --dry-run', () => {
     expect(named).toContain('--database=imagegen-db');
   });
 
-  test('enables the TTL policy on idempotency.expires_at', () => {
-    const ttl = only(dryRun(), 'gcloud', 'firestore', 'fields', 'ttls', 'update');
-    expect(ttl.slice(0, 6)).toEqual(['gcloud', 'firestore', 'fields', 'ttls', 'update', 'expires_at']);
-    expect(ttl).toEqual(
-      expect.arrayContaining(['--collection-group=idempotency', '--enable-ttl', '--database=(default)']),
+  test('enables the TTL policy on expires_at in idempotency, quotas and quota_reservations', () => {
+    const ttls = commands(dryRun(['--database', 'imagegen-db']), 'gcloud', 'firestore', 'fields', 'ttls');
+    expect(ttls).toEqual(
+      TTL_GROUPS.map(group => [
+        'gcloud',
+        'firestore',
+        'fields',
+        'ttls',
+        'update',
+        'expires_at',
+        `--collection-group=${group}`,
+        '--enable-ttl',
+        '--database=imagegen-db',
+        `--project=${PROJECT}`,
+        '--async',
+      ]),
     );
   });
 
-  test('creates the jobs index for listing by status, and notes the per-metadata-key indexes', () => {
+  test('creates the four jobs indexes with their exact fields, and notes the per-metadata-key indexes', () => {
     const result = dryRun();
-    const index = only(result, 'gcloud', 'firestore', 'indexes', 'composite', 'create');
-    expect(index).toContain('--collection-group=jobs');
-    expect(index.filter(word => word.startsWith('--field-config='))).toEqual([
-      '--field-config=field-path=status,order=ascending',
-      '--field-config=field-path=created_at,order=descending',
-      '--field-config=field-path=__name__,order=descending',
-    ]);
+    const indexes = commands(result, 'gcloud', 'firestore', 'indexes', 'composite', 'create');
+    expect(indexes.map(index => index.filter(word => word.startsWith('--field-config=')))).toEqual(
+      JOB_INDEXES,
+    );
+    for (const index of indexes) {
+      expect(index.filter(word => !word.startsWith('--field-config='))).toEqual([
+        'gcloud',
+        'firestore',
+        'indexes',
+        'composite',
+        'create',
+        '--collection-group=jobs',
+        '--query-scope=collection',
+        '--database=(default)',
+        `--project=${PROJECT}`,
+        '--async',
+      ]);
+    }
+    // quota_reservations is only ever queried by a range on created_at ordered by created_at.
+    expect(indexes.flat()).not.toContain('--collection-group=quota_reservations');
+    expect(result.stdout).toContain(
+      "Composite index for the reconciler's expired leases (jobs: status ASC, lease_until ASC)",
+    );
     expect(result.stdout).toMatch(/NOTE: .*metadata/);
     expect(result.stdout).toMatch(/one composite index per key/);
   });
@@ -317,7 +412,7 @@ describe('setup-gcp.sh --dry-run', () => {
 
   test('creates a dedicated service account and uses it in the deploy command', () => {
     const result = dryRun();
-    const create = only(result, 'gcloud', 'iam', 'service-accounts', 'create');
+    const create = commands(result, 'gcloud', 'iam', 'service-accounts', 'create')[0]!;
     expect(create[4]).toBe('imagegen-runtime');
     expect(result.stdout).toMatch(
       /gcloud functions deploy imageGen --gen2 --runtime=nodejs24 --region=us-central1/,
@@ -351,6 +446,11 @@ describe('setup-gcp.sh --dry-run', () => {
         SECRET_NAME: 'oai-key',
       },
     );
+    const url = `https://europe-west4-${PROJECT}.cloudfunctions.net/imageGen`;
+    expect(only(result, 'gcloud', 'scheduler', 'jobs', 'create')).toEqual(
+      reconcileJob('create', {location: 'europe-west4', url}),
+    );
+    expect(result.stdout).toContain(invokerGrant(SCHEDULER_EMAIL, 'europe-west4'));
     const sa = `img-sa-test@${PROJECT}.iam.gserviceaccount.com`;
     expect(only(result, 'gcloud', 'storage', 'buckets', 'create')).toEqual(
       expect.arrayContaining(['gs://imgs-bucket', '--location=europe-west4']),
@@ -362,6 +462,94 @@ describe('setup-gcp.sh --dry-run', () => {
     expect(only(result, 'gcloud', 'iam', 'service-accounts', 'add-iam-policy-binding')[4]).toBe(sa);
     expect(only(result, 'gcloud', 'firestore', 'databases', 'create')).toContain('--location=europe-west4');
     expect(result.stdout).toContain('--set-secrets=OPENAI_API_KEY=oai-key:latest');
+  });
+});
+
+describe('setup-gcp.sh reconciler schedule (--dry-run)', () => {
+  test('creates a dedicated scheduler account and grants it no role', () => {
+    const result = dryRun();
+    const creates = commands(result, 'gcloud', 'iam', 'service-accounts', 'create');
+    expect(creates[1]).toEqual([
+      'gcloud',
+      'iam',
+      'service-accounts',
+      'create',
+      'imagegen-scheduler',
+      '--display-name=imagegen reconcile scheduler',
+      `--project=${PROJECT}`,
+    ]);
+    // Its one role (run.invoker on the function) can only be granted after the deploy.
+    const schedulerWords = result.printed.filter(cmd =>
+      cmd.some(word => word.includes('imagegen-scheduler')),
+    );
+    expect(schedulerWords.map(cmd => cmd.slice(0, 4).join(' '))).toEqual([
+      'gcloud iam service-accounts create',
+      'gcloud scheduler jobs create',
+    ]);
+    // Nor is anything granted to Cloud Scheduler's service agent.
+    expect(result.printed.flat().join(' ')).not.toMatch(/gcp-sa-cloudscheduler|serviceAgent/);
+  });
+
+  test('creates the reconcile job: POST every 10 minutes to /tasks/reconcile with an OIDC token', () => {
+    const job = only(dryRun(), 'gcloud', 'scheduler', 'jobs', 'create');
+    expect(job).toEqual(reconcileJob('create'));
+    // Spelled out: the target is the task URL, the token's audience the function URL.
+    expect(job).toContain(`--uri=https://us-central1-${PROJECT}.cloudfunctions.net/imageGen/tasks/reconcile`);
+    expect(job).toContain(`--oidc-token-audience=https://us-central1-${PROJECT}.cloudfunctions.net/imageGen`);
+    expect(job).toContain('--schedule=*/10 * * * *');
+  });
+
+  test('prints the invoker grant for the scheduler account after the deploy command', () => {
+    const result = dryRun();
+    const deployAt = result.stdout.indexOf('gcloud functions deploy imageGen');
+    const grantAt = result.stdout.indexOf(invokerGrant());
+    expect(deployAt).toBeGreaterThan(-1);
+    expect(grantAt).toBeGreaterThan(deployAt);
+    // It is printed for later, not run now: no "+ " line grants run.invoker.
+    expect(commands(result, 'gcloud', 'functions')).toEqual([]);
+    expect(result.stdout).toMatch(/That binding is all the scheduler needs: the job sends an OIDC ID token/);
+    // The service agent's role is only described, for projects that enabled the API before 2019-03-19.
+    expect(result.stdout).toMatch(/^#.*--role=roles\/cloudscheduler\.serviceAgent/m);
+    expect(result.stdout).not.toMatch(/serviceAccountTokenCreator.*gcp-sa-cloudscheduler/);
+  });
+
+  test('--function-url and FUNCTION_URL replace the target and the audience', () => {
+    const url = 'https://images.example.com/api';
+    for (const result of [
+      dryRun(['--function-url', `${url}/`]),
+      dryRun([`--function-url=${url}`]),
+      dryRun([], {FUNCTION_URL: url}),
+    ]) {
+      expect(only(result, 'gcloud', 'scheduler', 'jobs', 'create')).toEqual(reconcileJob('create', {url}));
+      expect(result.stdout).toMatch(/FUNCTION_URL was given: use your function's name in place of imageGen/);
+      expect(result.stdout).toContain(`--add-custom-audiences=${url} `);
+    }
+    expect(dryRun().stdout).not.toMatch(/FUNCTION_URL was given/);
+  });
+
+  test('--reconcile-schedule and RECONCILE_SCHEDULE replace the schedule', () => {
+    for (const result of [
+      dryRun(['--reconcile-schedule', '0 */2 * * MON-FRI']),
+      dryRun(['--reconcile-schedule=0 */2 * * MON-FRI']),
+      dryRun([], {RECONCILE_SCHEDULE: '0 */2 * * MON-FRI'}),
+    ]) {
+      expect(only(result, 'gcloud', 'scheduler', 'jobs', 'create')).toEqual(
+        reconcileJob('create', {schedule: '0 */2 * * MON-FRI'}),
+      );
+    }
+  });
+
+  test('--scheduler-account and SCHEDULER_ACCOUNT name the account, the token and the grant', () => {
+    const email = `cron-caller@${PROJECT}.iam.gserviceaccount.com`;
+    for (const result of [
+      dryRun(['--scheduler-account', 'cron-caller']),
+      dryRun([], {SCHEDULER_ACCOUNT: 'cron-caller'}),
+    ]) {
+      expect(commands(result, 'gcloud', 'iam', 'service-accounts', 'create')[1]![4]).toBe('cron-caller');
+      expect(only(result, 'gcloud', 'scheduler', 'jobs', 'create')).toEqual(reconcileJob('create', {email}));
+      expect(result.stdout).toContain(invokerGrant(email));
+      expect(result.stdout).not.toContain(SCHEDULER_EMAIL);
+    }
   });
 });
 
@@ -386,6 +574,53 @@ describe('setup-gcp.sh arguments', () => {
     expect([...noValue.calls, ...unknown.calls]).toEqual([]);
   });
 
+  test('rejects a function URL that is not https, or has a query, fragment or the task path', () => {
+    for (const url of [
+      'http://us-central1-my-proj-123.cloudfunctions.net/imageGen',
+      'us-central1-my-proj-123.cloudfunctions.net/imageGen',
+      'https://',
+      'https://host.example.com/imageGen?x=1',
+      'https://host.example.com/imageGen#frag',
+      'https://host example.com',
+    ]) {
+      for (const result of [rejected(['--function-url', url]), rejected([], {FUNCTION_URL: url})]) {
+        expect(result.stderr).toMatch(/FUNCTION_URL must be an https URL with no query or fragment/);
+      }
+    }
+    const task = rejected(['--function-url', `${FUNCTION_URL}/tasks/reconcile`]);
+    expect(task.stderr).toMatch(/FUNCTION_URL is the function's base URL; \/tasks\/reconcile is added/);
+  });
+
+  test('rejects a reconcile schedule that is not five cron fields', () => {
+    for (const schedule of [
+      '*/10 * * *',
+      '*/10 * * * * *',
+      'every 10 minutes',
+      '*/10 * * * ;',
+      '*/10\n* * * *',
+    ]) {
+      for (const result of [
+        rejected(['--reconcile-schedule', schedule]),
+        rejected([], {RECONCILE_SCHEDULE: schedule}),
+      ]) {
+        expect(result.stderr).toMatch(/RECONCILE_SCHEDULE must be a cron schedule of five fields/);
+      }
+    }
+  });
+
+  test('rejects an invalid scheduler account name, or the runtime account as the scheduler account', () => {
+    for (const name of ['Sched', 'imagegen_scheduler', '1scheduler', 'x'.repeat(31)]) {
+      for (const result of [
+        rejected(['--scheduler-account', name]),
+        rejected([], {SCHEDULER_ACCOUNT: name}),
+      ]) {
+        expect(result.stderr).toContain(`'${name}' is not a valid service account name`);
+      }
+    }
+    const same = rejected(['--scheduler-account', 'imagegen-runtime']);
+    expect(same.stderr).toMatch(/scheduler account must not be the runtime service account/);
+  });
+
   test('accepts PROJECT_ID from the environment', () => {
     const result = run(['--dry-run'], {env: {PROJECT_ID: PROJECT}});
     expect(result.status).toBe(0);
@@ -401,17 +636,32 @@ describe('setup-gcp.sh against a fake gcloud', () => {
     expect(result.status).toBe(0);
     const created = result.calls
       .filter(call => / create /.test(call))
-      .map(call => call.split(' ').slice(0, 4).join(' '));
+      .map(call => call.split(' ').slice(0, 5).join(' '));
     expect(created).toEqual([
-      'gcloud storage buckets create',
-      'gcloud firestore databases create',
-      'gcloud firestore indexes composite',
-      'gcloud secrets create openai-api-key',
-      'gcloud iam service-accounts create',
+      `gcloud storage buckets create gs://${PROJECT}-imagegen`,
+      'gcloud firestore databases create --database=(default)',
+      'gcloud firestore indexes composite create',
+      'gcloud firestore indexes composite create',
+      'gcloud firestore indexes composite create',
+      'gcloud firestore indexes composite create',
+      'gcloud secrets create openai-api-key --replication-policy=automatic',
+      'gcloud iam service-accounts create imagegen-runtime',
+      'gcloud iam service-accounts create imagegen-scheduler',
+      'gcloud scheduler jobs create http',
     ]);
-    expect(result.calls.some(call => call.startsWith('gcloud firestore fields ttls update expires_at'))).toBe(
-      true,
+    expect(
+      result.calls
+        .filter(call => call.startsWith('gcloud firestore fields ttls update expires_at'))
+        .map(call => call.split(' ')[6]),
+    ).toEqual(TTL_GROUPS.map(group => `--collection-group=${group}`));
+    // The job was looked up, found missing, and created with the exact flags.
+    expect(result.calls).toContain(
+      `gcloud scheduler jobs describe imagegen-reconcile --location=us-central1 --project=${PROJECT}`,
     );
+    expect(result.calls.filter(call => call.startsWith('gcloud scheduler jobs create'))).toEqual([
+      reconcileJob('create').join(' '),
+    ]);
+    expect(result.calls.some(call => call.startsWith('gcloud scheduler jobs update'))).toBe(false);
     expect(result.secretStdin).toBe(FAKE_KEY);
     expect(result.calls.join('\n')).not.toContain(FAKE_KEY);
     expect(result.stdout + result.stderr).not.toContain(FAKE_KEY);
@@ -428,7 +678,7 @@ describe('setup-gcp.sh against a fake gcloud', () => {
     expect(result.stdout + result.stderr).not.toContain('sk-from-stdin-77');
   });
 
-  test('re-running when everything exists creates nothing', () => {
+  test('re-running when everything exists creates nothing but attempts the indexes, and updates the job', () => {
     const result = run(['--project', PROJECT, '--retention-days', '14'], {
       mode: 'present',
       env: {OPENAI_API_KEY: FAKE_KEY},
@@ -436,16 +686,42 @@ describe('setup-gcp.sh against a fake gcloud', () => {
     expect(result.stderr).toBe('');
     expect(result.status).toBe(0);
     const creates = result.calls.filter(call => / create /.test(call));
-    // Only the index create is attempted (it has no describe), and ALREADY_EXISTS is accepted.
-    expect(creates).toHaveLength(1);
-    expect(creates[0]).toMatch(/^gcloud firestore indexes composite create /);
-    expect(result.stdout).toMatch(/The index already exists/);
+    // Only the index creates are attempted (they have no describe), and ALREADY_EXISTS is accepted.
+    expect(creates).toHaveLength(JOB_INDEXES.length);
+    for (const create of creates) expect(create).toMatch(/^gcloud firestore indexes composite create /);
+    expect(result.stdout.match(/^# The index already exists$/gm)).toHaveLength(JOB_INDEXES.length);
+    // Every TTL was checked, and none was changed.
+    expect(
+      result.calls
+        .filter(call => call.startsWith('gcloud firestore indexes fields describe expires_at'))
+        .map(call => call.split(' ')[6]),
+    ).toEqual(TTL_GROUPS.map(group => `--collection-group=${group}`));
     expect(result.calls.some(call => call.includes('ttls update'))).toBe(false);
+    // Both service accounts were found, so neither was created; the job is brought back to its flags.
+    expect(result.calls).toContain(
+      `gcloud iam service-accounts describe ${SCHEDULER_EMAIL} --project=${PROJECT}`,
+    );
+    expect(result.calls.filter(call => call.startsWith('gcloud scheduler jobs update'))).toEqual([
+      reconcileJob('update').join(' '),
+    ]);
+    expect(result.stdout).toMatch(/Scheduler job imagegen-reconcile exists: updating it/);
     expect(result.secretStdin).toBeUndefined();
     // The existing bucket gets the required settings enforced.
     const update = result.calls.find(call => call.startsWith('gcloud storage buckets update'));
     expect(update).toMatch(/--uniform-bucket-level-access --public-access-prevention --lifecycle-file=/);
     expect(result.calls.filter(call => call.includes('add-iam-policy-binding'))).toHaveLength(4);
+  });
+
+  test('stops when an index cannot be created for a reason other than ALREADY_EXISTS', () => {
+    const result = run(['--project', PROJECT], {mode: 'index-denied', env: {OPENAI_API_KEY: FAKE_KEY}});
+    expect(result.status).not.toBe(0);
+    expect(result.stderr).toMatch(/PERMISSION_DENIED: caller may not create indexes/);
+    expect(result.stderr).toMatch(/could not create the jobs index for listing jobs by status/);
+    // It stopped at the first index: nothing after it was attempted.
+    expect(result.calls.filter(call => call.includes('indexes composite create'))).toHaveLength(1);
+    expect(
+      result.calls.some(call => /secrets create|service-accounts create|scheduler jobs/.test(call)),
+    ).toBe(false);
   });
 
   test('stops when a describe check fails for a reason other than not found', () => {
