@@ -63,13 +63,14 @@ function signedUrlRequester(
   route: Route,
   config: AppServices['config'],
   imageId: string | undefined,
-  query: Record<string, string>,
+  query: URLSearchParams,
   now: Date,
 ): Requester | null {
   const key = config.urls.proxySigningKey;
   if (!route.signedUrls || !key || imageId === undefined) return null;
-  const {expires, signature} = query;
-  if (expires === undefined || signature === undefined) return null;
+  const expires = query.get('expires');
+  const signature = query.get('signature');
+  if (expires === null || signature === null) return null;
   if (!/^\d{1,12}$/.test(expires) || !/^[0-9a-f]{64}$/.test(signature)) return null;
   const verdict = verifyProxySignature(key, imageId, expires, signature, now);
   if (verdict === 'valid') return {kind: 'signed-url', imageId};
@@ -106,9 +107,12 @@ export function createApp(
         throw new AppError('METHOD_NOT_ALLOWED', `${method} is not allowed here; use ${allow}`);
       }
       const {route} = match;
-      const requester: Requester = route.open ? {kind: 'public'} : authenticate(req, config.apiKeys);
-      if (requester.kind === 'api-key') labels.caller = requester.name;
       const values = (match.pattern.exec(url.pathname) ?? []).slice(1).map(decodeParam);
+      const requester: Requester = route.open
+        ? {kind: 'public'}
+        : (signedUrlRequester(route, config, values[0], url.searchParams, services.now()) ??
+          authenticate(req, config.apiKeys));
+      if (requester.kind === 'api-key') labels.caller = requester.name;
       const params = validate(
         route.params,
         Object.fromEntries(match.names.map((name, i) => [name, values[i]])),

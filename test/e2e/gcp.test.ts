@@ -61,11 +61,15 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
       expect(image.gcs_uri).toBe(`gs://${BUCKET}/${objectPath}`);
       const object = gcs.getObject(BUCKET, objectPath);
       expect(object?.contentType).toBe('image/png');
+      // Enough to rebuild the image record from the object alone (the reconciler does).
       expect(object?.metadata).toEqual({
         sha256: image.sha256,
         job_id: body.job_id,
         image_id: image.id,
+        index: '0',
         model: 'gpt-image-2.6-sunburst',
+        width: '1024',
+        height: '1024',
       });
       expect(createHash('sha256').update(object!.data).digest('hex')).toBe(image.sha256);
 
@@ -102,18 +106,27 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
       ]);
     });
 
-    test('a storage failure on one image fails the job with every object removed and no record', async () => {
+    test('a storage failure on one image fails the job: every object removed, the job recorded failed', async () => {
       const before = gcs.listObjectNames(BUCKET).length;
-      const jobsBefore = (await db.collection('jobs').get()).size;
+      const imagesBefore = (await db.collection('images').get()).size;
       gcs.injectFault({op: 'upload', status: 403, objectNameMatches: /\/001-/}, {probability: 1});
       const {status, body} = await postJson(`${fn.url}/generate`, {
         prompt: 'three',
         count: 3,
+        metadata: {case: 'upload-fails'},
       });
       gcs.clearFaults();
       expect([status, body.code]).toEqual([503, 'STORAGE_ERROR']);
       expect(gcs.listObjectNames(BUCKET)).toHaveLength(before);
-      expect((await db.collection('jobs').get()).size).toBe(jobsBefore);
+      expect((await db.collection('images').get()).size).toBe(imagesBefore);
+      const jobs = await db.collection('jobs').where('metadata.case', '==', 'upload-fails').get();
+      expect(jobs.docs.map(doc => doc.data())).toEqual([
+        expect.objectContaining({
+          status: 'failed',
+          images: [],
+          error: {code: 'STORAGE_ERROR', message: body.error},
+        }),
+      ]);
     });
 
     test('with allow_partial a failed call is reported and the rest is kept', async () => {

@@ -143,9 +143,10 @@ describe('imageGen end to end, local store', () => {
       status: 'failed',
       code: 'UPSTREAM_TIMEOUT',
     });
-    expect(filesUnder(join(dataDir(), 'objects')).filter(f => !f.includes('.tmp-')).length).toBe(
-      filesUnder(join(dataDir(), 'records', 'images')).length,
-    );
+    // Nothing of the failed job is left: no object, and its record says why.
+    const jobs = (await getJson(`${fn.url}/jobs?status=failed`)).body.jobs;
+    expect(jobs[0]).toMatchObject({status: 'failed', images: [], error: {code: 'UPSTREAM_TIMEOUT'}});
+    expect(filesUnder(join(dataDir(), 'objects', 'images', jobs[0].job_id))).toEqual([]);
   }, 20_000);
 
   test('SVG and GIF images are stored and served with their own content types', async () => {

@@ -5,8 +5,11 @@ import {LocalObjectStore} from '../../src/adapters/local/object-store';
 import {DATABASE_FILE, SqliteMetadataStore} from '../../src/adapters/local/sqlite-metadata-store';
 import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
 import {postJson, startFunction, type RunningFunction} from '../support/function-server';
+import {finishedJob, runningJob} from '../support/records';
 import {useTempDir} from '../support/temp-dir';
 import {OpenApiValidator} from '../support/openapi-validator';
+
+const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
 
 const generations = (openai: FakeOpenAI) =>
   openai.requests.filter(r => r.path === '/v1/images/generations').length;
@@ -124,50 +127,58 @@ describe('idempotent generation', () => {
     expect(generations(openai)).toBe(2);
   });
 
-  test('a run left behind by a crashed instance is taken over after its lease, and its leftovers removed', async () => {
+  test('a run left behind by a crashed instance is taken over after its lease; the reconciler cleans up after it', async () => {
     const key = randomUUID();
-    const keyHash = createHash('sha256').update(key).digest('hex');
+    // Keys are kept per caller: behind IAM with no identity, the owner part is empty.
+    const keyHash = sha256(`\n${key}`);
     const jobId = randomUUID();
     const store = new SqliteMetadataStore(dataDir());
     const images = new LocalObjectStore(dataDir());
-    // What a crashed run leaves: a claim whose lease ran out, and one stored image.
-    const past = new Date(Date.now() - 3600_000);
     const fingerprintProbe = await postJson(`${fn.url}/generate`, body('probe'), {
       'idempotency-key': `${key}-probe`,
     });
     expect(fingerprintProbe.status).toBe(200);
-    const probeHash = createHash('sha256').update(`${key}-probe`).digest('hex');
     // The same parameters under another key give the fingerprint the crashed run would have stored.
     const db = new DatabaseSync(join(dataDir(), DATABASE_FILE), {readOnly: true});
     const probe = db
       .prepare('SELECT fingerprint FROM idempotency_keys WHERE key_hash = ?')
-      .get(probeHash) as {fingerprint: string};
+      .get(sha256(`\n${key}-probe`)) as {fingerprint: string};
     db.close();
+    // What a crashed run leaves: a claim and a running job whose leases ran out, and one stored image.
+    const past = new Date(Date.now() - 3600_000);
+    const leaseEnded = new Date(past.getTime() + 60_000);
     await store.claimIdempotencyKey(
       keyHash,
       {
         fingerprint: probe.fingerprint,
         jobId,
-        leaseUntil: past,
+        leaseUntil: leaseEnded,
         expiresAt: new Date(Date.now() + 3600_000),
         completed: false,
       },
-      new Date(past.getTime() - 1000),
+      past,
+    );
+    await store.createJob(
+      runningJob(finishedJob({id: jobId, created_at: past.toISOString()}, 1), leaseEnded.toISOString()),
     );
     await store.close();
-    await images.put(`images/${jobId}/000-${randomUUID()}.png`, Buffer.from('partial'), {
-      contentType: 'image/png',
-      metadata: {},
-    });
+    const leftover = `images/${jobId}/000-${randomUUID()}.png`;
+    await images.put(leftover, Buffer.from('partial'), {contentType: 'image/png', metadata: {}});
     openai.reset();
 
     const recovered = await postJson(`${fn.url}/generate`, body('probe'), {'idempotency-key': key});
     expect(recovered.status).toBe(200);
-    expect(recovered.body.job_id).toBe(jobId);
-    expect(await images.list(`images/${jobId}/`)).toEqual(
-      [recovered.body.images[0].id].map(id => expect.stringContaining(id)),
-    );
+    expect(recovered.body.job_id).not.toBe(jobId);
     expect(generations(openai)).toBe(1);
+    const replay = await postJson(`${fn.url}/generate`, body('probe'), {'idempotency-key': key});
+    expect(replay.body.job_id).toBe(recovered.body.job_id);
+    expect(generations(openai)).toBe(1);
+
+    const repaired = await postJson(`${fn.url}/tasks/reconcile`, '');
+    expect(repaired.status).toBe(200);
+    expect(repaired.body.jobs_failed).toContain(jobId);
+    expect(repaired.body.objects_removed).toContain(leftover);
+    expect(await images.list(`images/${jobId}/`)).toEqual([]);
   });
 
   test('replaying a key whose job was deleted says so', async () => {

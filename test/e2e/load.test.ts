@@ -99,7 +99,12 @@ describeWithFirestore('load with upstream faults (Cloud Storage + Firestore)', (
     }
     const jobDocs = await db.collection('jobs').get();
     const imageDocs = await db.collection('images').get();
-    expect(jobDocs.size).toBe(ok.length);
+    // Every request left one job: finished when answered, failed (with no images) when not.
+    expect(jobDocs.size).toBe(TOTAL);
+    const byStatus = (status: string) => jobDocs.docs.filter(doc => doc.get('status') === status);
+    expect(byStatus('completed').length + byStatus('partial').length).toBe(ok.length);
+    expect(byStatus('failed').every(doc => doc.get('images').length === 0)).toBe(true);
+    expect(byStatus('running')).toHaveLength(0);
     expect(new Set(imageDocs.docs.map(doc => doc.id))).toEqual(new Set(imageIds));
     // Every failure left nothing: no object beyond the answered jobs' images.
     expect(gcs.listObjectNames(BUCKET)).toHaveLength(imageIds.length);

@@ -59,8 +59,9 @@ describe('upstream faults', () => {
     abort.abort();
     expect(await pending).toMatchObject({name: 'AbortError'});
     // The job finishes on its own; poll for it rather than guess how long that takes.
+    // The job is listed from the start (recorded running before the upstream call).
     let jobs: {images: {url: string; sha256: string}[]; status: string}[] = [];
-    for (let i = 0; i < 100 && jobs.length === 0; i++) {
+    for (let i = 0; i < 100 && jobs[0]?.status !== 'completed'; i++) {
       await new Promise(resolve => setTimeout(resolve, 50));
       jobs = (await getJson(`${ctx.fn.url}/jobs?metadata.tag=${tag}`)).body.jobs;
     }

@@ -120,7 +120,7 @@ export function resourceSuite(name: string, backend: Backend): void {
       ['limit=101', 'limit'],
       ['limit=ten', 'limit'],
       ['cursor=bogus', 'cursor'],
-      ['status=running', 'status'],
+      ['status=paused', 'status'],
       ['color=red', 'color'],
       ['metadata.a=1&metadata.b=2', 'metadata'],
     ])('GET /jobs?%s is a VALIDATION_ERROR naming %s', async (query, field) => {
@@ -187,6 +187,7 @@ export function resourceSuite(name: string, backend: Backend): void {
         '/models',
         '/openapi.json',
         '/ready',
+        '/tasks/reconcile',
       ]);
       // Every reference resolves to a named component.
       expect(JSON.stringify(body)).not.toMatch(/__shared|\$defs/);

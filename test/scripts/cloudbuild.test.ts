@@ -181,6 +181,7 @@ describe('env.yaml.example', () => {
       'OPENAI_ORG_ID',
       'GCLOUD_PROJECT',
       'API_KEYS',
+      'URL_SIGNING_SECRET',
       'STORAGE_EMULATOR_HOST',
       'FUNCTION_TARGET',
     ]);
@@ -191,6 +192,7 @@ describe('env.yaml.example', () => {
     expect(env).not.toHaveProperty('OPENAI_API_KEY');
     expect(env).not.toHaveProperty('OPENAI_API');
     expect(env).not.toHaveProperty('API_KEYS');
+    expect(env).not.toHaveProperty('URL_SIGNING_SECRET');
   });
 
   test('is a valid production configuration', () => {
