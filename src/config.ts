@@ -94,6 +94,21 @@ const EnvSchema = z.object({
   /** V4 signed URLs live at most 7 days. */
   SIGNED_URL_TTL_SECONDS: intInRange(60, 604800, 3600),
   MAX_BODY_BYTES: intInRange(1024, 32 * 1024 * 1024, 1024 * 1024),
+  /** Edits carry images: their bodies may be this large (Cloud Run caps a request at 32 MiB). */
+  MAX_UPLOAD_BYTES: intInRange(1024, 32 * 1024 * 1024, 30 * 1024 * 1024),
+  /** Buckets besides GCS_BUCKET whose objects an edit may name as gs:// sources, comma-separated. */
+  EDIT_SOURCE_BUCKETS: optionalText.transform((value, ctx) => {
+    const buckets = (value ?? '')
+      .split(',')
+      .map(b => b.trim())
+      .filter(Boolean);
+    for (const bucket of buckets) {
+      if (!/^[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]$/.test(bucket)) {
+        ctx.addIssue({code: 'custom', message: `'${bucket.slice(0, 80)}' is not a valid bucket name`});
+      }
+    }
+    return buckets;
+  }),
   UPSTREAM_TIMEOUT_SECONDS: intInRange(5, 3600, 300),
   IDEMPOTENCY_TTL_HOURS: intInRange(1, 24 * 30, 24),
   /** Upstream answers decoded and stored at once per instance (each holds its images in memory). */
@@ -194,6 +209,10 @@ export interface Config {
   };
   publicBaseUrl: string | undefined;
   maxBodyBytes: number;
+  /** Largest edit body (images included). */
+  maxUploadBytes: number;
+  /** Buckets an edit may read gs:// sources from, besides the function's own. */
+  editSourceBuckets: string[];
   metadataTimeoutMs: number;
   storageTimeoutMs: number;
   reconcileIntervalMs: number;
@@ -299,6 +318,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     publicBaseUrl: e.PUBLIC_BASE_URL?.replace(/\/+$/, ''),
     maxBodyBytes: e.MAX_BODY_BYTES,
+    maxUploadBytes: e.MAX_UPLOAD_BYTES,
+    editSourceBuckets: e.EDIT_SOURCE_BUCKETS,
     metadataTimeoutMs: e.FIRESTORE_TIMEOUT_SECONDS * 1000,
     storageTimeoutMs: e.STORAGE_TIMEOUT_SECONDS * 1000,
     reconcileIntervalMs: e.RECONCILE_INTERVAL_SECONDS * 1000,

@@ -1,11 +1,11 @@
 import type {DestinationStream} from 'pino';
 import type {AppServices} from './api/route';
 import type {Config} from './config';
-import type {MetadataStore, ObjectStore} from './core/ports';
+import type {ForeignObjects, MetadataStore, ObjectStore} from './core/ports';
 import {IdempotentGenerator} from './core/usecases/idempotency';
 import {withDeadlines} from './adapters/deadline';
 import {FIRESTORE_DEADLINES, FirestoreMetadataStore} from './adapters/firestore/metadata-store';
-import {GCS_DEADLINES, GcsObjectStore} from './adapters/gcs/object-store';
+import {GCS_DEADLINES, GcsForeignObjects, GcsObjectStore} from './adapters/gcs/object-store';
 import {HeaderImageCodec} from './adapters/imaging/image-codec';
 import {LocalObjectStore} from './adapters/local/object-store';
 import {SqliteMetadataStore} from './adapters/local/sqlite-metadata-store';
@@ -16,6 +16,8 @@ import {reconcile, type ReconcileReport} from './core/usecases/reconcile';
 interface Stores {
   objects: ObjectStore;
   metadata: MetadataStore;
+  /** Other buckets' objects (edit sources); none in local mode. */
+  foreign?: ForeignObjects;
 }
 
 /**
@@ -97,6 +99,11 @@ export function createServices(config: Config, options: ServiceOptions = {}): Ap
           get metadata() {
             return getStores().metadata;
           },
+          get foreign() {
+            return getStores().foreign;
+          },
+          ownBucket: config.storage.kind === 'gcp' ? config.storage.bucket : null,
+          sourceBuckets: config.editSourceBuckets,
         },
         config.idempotency,
       ));
@@ -156,5 +163,6 @@ function createStores(config: Config): Stores {
       config.metadataTimeoutMs,
       FIRESTORE_DEADLINES,
     ),
+    foreign: new GcsForeignObjects(readStorage),
   };
 }

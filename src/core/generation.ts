@@ -4,12 +4,14 @@ import {AppError, validationError, zodProblems, type FieldProblem} from './error
 import {
   BACKGROUNDS,
   COMPLEXITIES,
+  INPUT_FIDELITIES,
   MAX_IMAGES_PER_REQUEST,
   OUTPUT_FORMATS,
   QUALITIES,
   STYLES,
   customSizeProblem,
   parseSize,
+  type Quality,
   type ModelEntry,
   type ModelRules,
 } from './models';
@@ -94,7 +96,15 @@ export const UpstreamParametersSchema = z.object({
     })
     .optional()
     .describe('SVG output only, for projects with SVG model selection.'),
+  input_fidelity: z
+    .enum(INPUT_FIDELITIES)
+    .optional()
+    .describe('Edits: how closely to keep the input images (per model; GET /models).'),
 });
+
+/** Parameters one operation does not take (the SDK's generate and edit parameters differ). */
+export const NOT_FOR_GENERATE = ['input_fidelity'] as const;
+export const NOT_FOR_EDIT = ['moderation', 'style'] as const;
 
 export type UpstreamParameters = z.output<typeof UpstreamParametersSchema>;
 export const UPSTREAM_PARAMETER_NAMES = Object.keys(
@@ -134,14 +144,79 @@ const jobFields = {
 /** Partial images per image when a stream names none. */
 export const DEFAULT_PARTIAL_IMAGES = 2;
 
-const requestFields = {...jobFields, ...UpstreamParametersSchema.shape};
+const requestFields = {...jobFields, ...UpstreamParametersSchema.omit(only(NOT_FOR_GENERATE)).shape};
+const editFields = {
+  ...jobFields,
+  ...UpstreamParametersSchema.omit(only(NOT_FOR_EDIT)).shape,
+  // dall-e-3's hd never edited anything.
+  quality: z
+    .enum(QUALITIES.filter(quality => quality !== 'hd') as [Quality, ...Quality[]])
+    .optional()
+    .describe('Per model (GET /models).'),
+};
+
+/** `{name: true}` for each name, as zod's omit() takes them. */
+function only<K extends string>(names: readonly K[]): Record<K, true> {
+  return Object.fromEntries(names.map(name => [name, true])) as Record<K, true>;
+}
+
+/** At most this many images go into one edit (OpenAI's limit). */
+export const MAX_EDIT_IMAGES = 16;
+
+/**
+ * Where an image to edit comes from: an image this service stored, an object
+ * in Cloud Storage, or the bytes themselves. Multipart uploads arrive as bytes.
+ */
+export type ImageReference =
+  | {kind: 'image_id'; id: string}
+  | {kind: 'gcs_uri'; bucket: string; path: string}
+  | {kind: 'bytes'; data: Buffer; filename: string};
+
+const GCS_URI = /^gs:\/\/([a-z0-9][a-z0-9._-]{1,221}[a-z0-9])\/(.{1,1024})$/;
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
+export const ImageReferenceSchema = z
+  .strictObject({
+    image_id: z.string().max(64).optional().describe('An image this service stored (one of yours).'),
+    gcs_uri: z
+      .string()
+      .regex(GCS_URI, 'must be gs://bucket/path')
+      .optional()
+      .describe("gs://bucket/path in this function's bucket or one named in EDIT_SOURCE_BUCKETS."),
+    b64_json: z
+      .string()
+      .min(4)
+      .regex(BASE64, 'must be base64')
+      .optional()
+      .describe('The image itself, base64-encoded (PNG, WebP or JPEG).'),
+  })
+  .refine(
+    ref => [ref.image_id, ref.gcs_uri, ref.b64_json].filter(v => v !== undefined).length === 1,
+    'give exactly one of image_id, gcs_uri, b64_json',
+  )
+  .transform((ref, ctx): ImageReference => {
+    if (ref.image_id !== undefined) return {kind: 'image_id', id: ref.image_id};
+    const uri = ref.gcs_uri === undefined ? null : GCS_URI.exec(ref.gcs_uri);
+    if (uri) return {kind: 'gcs_uri', bucket: uri[1]!, path: uri[2]!};
+    const data = Buffer.from(ref.b64_json ?? '', 'base64');
+    if (data.length === 0) ctx.addIssue({code: 'custom', message: 'b64_json holds no bytes'});
+    return {kind: 'bytes', data, filename: 'image'};
+  })
+  .meta({id: 'ImageReference', description: 'One of image_id, gcs_uri or b64_json.'});
+
+/** What an edit works from: 1-16 images, and a mask or a markup. */
+export interface EditInputs {
+  images: ImageReference[];
+  mask?: ImageReference;
+  markup?: ImageReference;
+}
 
 /**
  * A request as the caller shaped it, before the model's rules are applied.
  * `fieldPrefix` is where its fields sit in the body, so errors name them as sent.
  */
 export interface GenerateRequest {
-  source: 'generate' | 'legacy';
+  source: 'generate' | 'legacy' | 'edit';
   fieldPrefix: string;
   prompt: string;
   count: number | undefined;
@@ -155,19 +230,23 @@ export interface GenerateRequest {
   metadata: Record<string, string>;
   allowPartial: boolean;
   idempotencyKey: string | undefined;
+  /** Set for an edit: the images it works from. */
+  edit: EditInputs | null;
 }
 
-type RequestFields = z.output<z.ZodObject<typeof requestFields>>;
+type RequestFields = z.output<z.ZodObject<typeof requestFields>> | z.output<z.ZodObject<typeof editFields>>;
 
 function toRequest(
   prompt: string,
   fields: RequestFields,
   source: GenerateRequest['source'],
   fieldPrefix: string,
+  edit: EditInputs | null = null,
 ): GenerateRequest {
   const parameters: UpstreamParameters = {};
   for (const key of UPSTREAM_PARAMETER_NAMES) {
-    if (fields[key] !== undefined) (parameters as Record<string, unknown>)[key] = fields[key];
+    const value = (fields as Record<string, unknown>)[key];
+    if (value !== undefined) (parameters as Record<string, unknown>)[key] = value;
   }
   // As OpenAI does: a non-empty safety_identifier wins over `user`.
   const userAlias = parameters.safety_identifier === undefined && fields.user !== undefined;
@@ -185,6 +264,7 @@ function toRequest(
     metadata: fields.metadata ?? {},
     allowPartial: fields.allow_partial ?? false,
     idempotencyKey: fields.idempotency_key,
+    edit,
   };
 }
 
@@ -207,6 +287,41 @@ export const LegacyGenerateRequestSchema = z
     const {prompt_image, ...fields} = body;
     return toRequest(prompt_image, fields, 'legacy', 'input.body.');
   });
+
+export const EditRequestSchema = z
+  .strictObject({
+    prompt: promptText.describe('What to change.'),
+    images: z
+      .array(ImageReferenceSchema)
+      .min(1, 'give at least one image')
+      .max(MAX_EDIT_IMAGES, `at most ${MAX_EDIT_IMAGES} images`)
+      .describe('The images to edit; the mask or markup applies to the first.'),
+    mask: ImageReferenceSchema.optional().describe(
+      'A PNG with an alpha channel, the size of the first image: its transparent pixels are what to edit.',
+    ),
+    markup: ImageReferenceSchema.optional().describe(
+      'A transparent PNG laid over the first image to guide the edit (models that take it; never with mask).',
+    ),
+    ...editFields,
+  })
+  .meta({id: 'EditRequest', description: 'Edit images into new ones.'})
+  .transform(({prompt, images, mask, markup, ...fields}) =>
+    toRequest(prompt, fields, 'edit', '', {
+      images,
+      ...(mask ? {mask} : {}),
+      ...(markup ? {markup} : {}),
+    }),
+  );
+
+/** Validates a parsed JSON edit body; throws VALIDATION_ERROR naming every problem. */
+export function parseEditBody(body: unknown): GenerateRequest {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    throw validationError([{field: '(body)', message: 'must be a JSON object'}]);
+  }
+  const parsed = EditRequestSchema.safeParse(body);
+  if (!parsed.success) throw validationError(zodProblems(parsed.error));
+  return parsed.data;
+}
 
 /** Either payload, as documented; `parseGenerateBody` picks the one the body is shaped as. */
 export const GenerateBodySchema = z.union([GenerateRequestSchema, LegacyGenerateRequestSchema]);
@@ -271,6 +386,8 @@ export interface GenerateCommand {
   plan: RunPlan;
   /** What to run instead if OpenAI says `plan.model` is gone (an early shutdown, a skewed clock). */
   fallback: RunPlan | null;
+  /** Set for an edit: the images it works from (read and checked before any upstream call). */
+  edit: EditInputs | null;
   metadata: Record<string, string>;
   allowPartial: boolean;
   idempotencyKey?: string;
@@ -329,6 +446,7 @@ export function ruleProblems(
   oneOf('style', p.style, rules.styles);
   oneOf('background', p.background, rules.backgrounds);
   oneOf('output_format', p.output_format, rules.outputFormats);
+  oneOf('input_fidelity', p.input_fidelity, rules.inputFidelity);
   if (p.moderation !== undefined && !rules.moderation) notTaken('moderation');
   if (p.complexity !== undefined && !rules.complexity) notTaken('complexity');
 
@@ -345,6 +463,28 @@ export function ruleProblems(
     if (p[name] !== undefined && format !== 'gif') refuse(name, 'only applies to output_format gif');
   }
   if (p.svg !== undefined && format !== 'svg') refuse('svg', 'only applies to output_format svg');
+  return problems;
+}
+
+/** What an edit asks that the model cannot do, before any input is read. */
+function editProblems(
+  modelId: string,
+  rules: ModelRules,
+  request: GenerateRequest,
+  field: (name: string) => string,
+): FieldProblem[] {
+  const problems: FieldProblem[] = [];
+  const edit = request.edit!;
+  if (!rules.edits) problems.push({field: field('model'), message: `${modelId} does not edit images`});
+  if (edit.markup && !rules.markup) {
+    problems.push({field: field('markup'), message: `${modelId} does not take markup`});
+  }
+  if (edit.markup && edit.mask) {
+    problems.push({field: field('markup'), message: 'cannot be combined with mask; send one of them'});
+  }
+  if (edit.mask && request.parameters.output_format === 'gif') {
+    problems.push({field: field('mask'), message: 'GIF output takes no mask'});
+  }
   return problems;
 }
 
@@ -391,6 +531,7 @@ export function planGeneration(request: GenerateRequest, context: PlanContext): 
     ]);
   }
   const problems = ruleProblems(entry.id, entry.rules, request, field, promptField);
+  if (request.edit) problems.push(...editProblems(entry.id, entry.rules, request, field));
   if (request.count !== undefined && request.n !== undefined && request.count !== request.n) {
     problems.unshift({field: field('count'), message: '`count` and `n` disagree; send one of them'});
   }
@@ -461,6 +602,7 @@ export function planGeneration(request: GenerateRequest, context: PlanContext): 
     requested: request.parameters,
     plan,
     fallback,
+    edit: request.edit,
     metadata: request.metadata,
     allowPartial: request.allowPartial,
     ...(request.idempotencyKey !== undefined ? {idempotencyKey: request.idempotencyKey} : {}),
@@ -538,6 +680,7 @@ export function translate(
   dropIf('frame_count', format === 'gif');
   dropIf('frame_duration_ms', format === 'gif');
   dropIf('svg', format === 'svg');
+  dropIf('input_fidelity', has(rules.inputFidelity, parameters.input_fidelity));
 
   let resizeTo: RunPlan['resizeTo'] = null;
   const size = parameters.size;

@@ -18,6 +18,7 @@ export function matchesQuery(job: JobRecord, query: JobQuery): boolean {
   if (query.after && !isAfter(job, query.after)) return false;
   if (query.status && job.status !== query.status) return false;
   if (query.owner !== undefined && job.owner !== query.owner) return false;
+  if (query.source && job.source !== query.source) return false;
   if (query.metadata && job.metadata[query.metadata.key] !== query.metadata.value) return false;
   return true;
 }

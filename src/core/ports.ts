@@ -10,6 +10,15 @@ export interface UpstreamRequest {
   parameters: UpstreamParameters;
   /** Stream the image (n is then 1), with up to this many partial images on the way (0-3). */
   partialImages?: number;
+  /** Set for an edit: the images it works from, already checked. */
+  edit?: {images: InputImage[]; mask?: InputImage; markup?: InputImage};
+}
+
+/** An image sent to OpenAI, as a file. */
+export interface InputImage {
+  data: Buffer;
+  filename: string;
+  contentType: string;
 }
 
 /** A rough image OpenAI sends while it works on a streamed call, base64 as it came. */
@@ -60,6 +69,8 @@ export interface ImageInfo {
   height: number;
   bytes: number;
   sha256: string;
+  /** Whether it can hold transparent pixels (an alpha channel, or PNG transparency). */
+  alpha: boolean;
 }
 
 export interface ImageCodec {
@@ -67,6 +78,12 @@ export interface ImageCodec {
   inspect(data: Buffer, knownSha256?: string): ImageInfo | null;
   /** The image at exactly this size (cropped to its shape if need be), in its own format. */
   resize(data: Buffer, size: {width: number; height: number}): Promise<Buffer>;
+}
+
+/** Reads objects in other Cloud Storage buckets: the gs:// sources an edit may name. */
+export interface ForeignObjects {
+  /** The object's bytes, or null when there is none; rejects past `maxBytes`. */
+  read(bucket: string, path: string, maxBytes: number): Promise<Buffer | null>;
 }
 
 /** What a store knows of one object without reading it. */
@@ -118,6 +135,7 @@ export interface JobQuery {
   status?: JobStatus;
   /** Only this owner's jobs; undefined for everyone's. */
   owner?: string;
+  source?: JobRecord['source'];
   metadata?: {key: string; value: string};
 }
 

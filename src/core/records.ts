@@ -97,6 +97,28 @@ export const JobErrorSchema = z
 
 export type JobError = z.infer<typeof JobErrorSchema>;
 
+/** One input of an edit, as the job keeps it: never the bytes, only where they came from. */
+export interface SourceImage {
+  role: 'image' | 'mask' | 'markup';
+  /** An image of this service; null for other sources. */
+  image_id: string | null;
+  /** gs://bucket/path for an object in Cloud Storage; null for other sources. */
+  gcs_uri: string | null;
+  sha256: string;
+}
+
+export const SourceImageSchema = z
+  .object({
+    role: z.enum(['image', 'mask', 'markup']),
+    image_id: z.string().nullable(),
+    gcs_uri: z.string().nullable(),
+    sha256: z.string(),
+  })
+  .meta({
+    id: 'SourceImage',
+    description: 'An input of an edit: an image of this service, a gs:// object, or an upload.',
+  });
+
 export interface JobRecord {
   id: string;
   status: JobStatus;
@@ -104,7 +126,9 @@ export interface JobRecord {
   owner: string | null;
   /** Kept once per job, never per image (records stay small). */
   prompt: string;
-  source: 'legacy' | 'generate';
+  source: 'legacy' | 'generate' | 'edit';
+  /** An edit's inputs, in order: where each came from and its sha256. Empty for a generation. */
+  source_images: SourceImage[];
   parameters: JobParameters;
   metadata: Record<string, string>;
   usage: Usage;

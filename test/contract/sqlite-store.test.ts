@@ -273,7 +273,12 @@ describe('import of the JSON-file store', () => {
       error: null,
       lease_until: null,
       warnings: [],
-      parameters: {...(recent.parameters as object), requested_model: 'gpt-image-2.6-sunburst'},
+      source_images: [],
+      parameters: {
+        ...(recent.parameters as object),
+        requested_model: 'gpt-image-2.6-sunburst',
+        input_fidelity: null,
+      },
       images: recentImages.map(({prompt: _prompt, ...image}) => image),
     });
     expect(await store.getImage(recentImages[1]!.id)).toEqual(imported!.images[1]);
@@ -295,6 +300,7 @@ describe('import of the JSON-file store', () => {
       frame_count: null,
       frame_duration_ms: null,
       svg: null,
+      input_fidelity: null,
       allow_partial: true,
     });
     expect(first).toEqual(upgradeJsonJob(old as never));

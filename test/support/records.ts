@@ -29,6 +29,7 @@ export function finishedJob(overrides: Partial<JobRecord> = {}, imageCount = 2):
     owner: null,
     prompt: 'a test prompt',
     source: 'generate',
+    source_images: [],
     parameters: {
       count: imageCount,
       requested_model: 'gpt-image-2.6-sunburst',
@@ -45,6 +46,7 @@ export function finishedJob(overrides: Partial<JobRecord> = {}, imageCount = 2):
       frame_count: null,
       frame_duration_ms: null,
       svg: null,
+      input_fidelity: null,
       allow_partial: false,
     },
     metadata: {},

@@ -18,7 +18,14 @@ function setUp() {
   const provider = new ScriptedProvider();
   const objects = new MemoryObjectStore();
   const metadata = new MemoryMetadataStore();
-  const deps: GenerateDeps = {provider, objects, metadata, codec: new HeaderImageCodec()};
+  const deps: GenerateDeps = {
+    provider,
+    objects,
+    metadata,
+    codec: new HeaderImageCodec(),
+    ownBucket: null,
+    sourceBuckets: [],
+  };
   return {provider, objects, metadata, deps};
 }
 
@@ -75,6 +82,7 @@ describe('generateImages', () => {
       frame_count: null,
       frame_duration_ms: null,
       svg: null,
+      input_fidelity: null,
       allow_partial: false,
     });
   });

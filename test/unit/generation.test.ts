@@ -54,6 +54,7 @@ describe('the payloads', () => {
         warnings: [],
       },
       fallback: null,
+      edit: null,
       metadata: {},
       allowPartial: false,
     });

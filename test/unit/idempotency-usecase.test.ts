@@ -24,7 +24,7 @@ function setUp(now = () => new Date()) {
   const objects = new MemoryObjectStore();
   const metadata = new MemoryMetadataStore();
   const generator = new IdempotentGenerator(
-    {provider, objects, metadata, codec: new HeaderImageCodec(), now},
+    {provider, objects, metadata, codec: new HeaderImageCodec(), ownBucket: null, sourceBuckets: [], now},
     {leaseMs: 5 * MINUTE, ttlMs: 60 * MINUTE},
   );
   return {provider, objects, metadata, generator};

@@ -141,6 +141,7 @@ export class FirestoreMetadataStore implements MetadataStore {
       .orderBy(this.fieldPath.documentId(), 'desc');
     if (query.status) q = q.where('status', '==', query.status);
     if (query.owner !== undefined) q = q.where('owner', '==', query.owner);
+    if (query.source) q = q.where('source', '==', query.source);
     if (query.metadata)
       q = q.where(new this.fieldPath('metadata', query.metadata.key), '==', query.metadata.value);
     if (query.after) q = q.startAfter(query.after.createdAt, query.after.id);

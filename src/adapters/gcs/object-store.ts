@@ -1,7 +1,8 @@
 import {createHash} from 'node:crypto';
-import type {Bucket} from '@google-cloud/storage';
+import type {Bucket, Storage} from '@google-cloud/storage';
+import {validationError} from '../../core/errors';
 import type {Readable} from 'node:stream';
-import type {ObjectInfo, ObjectStore} from '../../core/ports';
+import type {ForeignObjects, ObjectInfo, ObjectStore} from '../../core/ports';
 
 /** Objects are immutable once written (ids are never reused), so caches may keep them for good. */
 const IMMUTABLE_CACHE_CONTROL = 'public, max-age=31536000, immutable';
@@ -190,3 +191,23 @@ export const GCS_DEADLINES = {
     return status === undefined || status >= 500;
   },
 };
+
+/** Reads objects of other buckets (edit sources), through the same client. */
+export class GcsForeignObjects implements ForeignObjects {
+  constructor(private readonly storage: Storage) {}
+
+  async read(bucket: string, path: string, maxBytes: number): Promise<Buffer | null> {
+    const file = this.storage.bucket(bucket).file(path);
+    try {
+      const [meta] = await file.getMetadata();
+      if (Number(meta.size ?? 0) > maxBytes) {
+        throw validationError([{field: `gs://${bucket}/${path}`, message: `is over ${maxBytes} bytes`}]);
+      }
+      const [data] = await file.download();
+      return data;
+    } catch (error) {
+      if (statusOf(error) === 404) return null;
+      throw error;
+    }
+  }
+}

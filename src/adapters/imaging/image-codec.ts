@@ -45,6 +45,7 @@ export class HeaderImageCodec implements ImageCodec {
       height: header.height,
       bytes: data.length,
       sha256: knownSha256 ?? createHash('sha256').update(data).digest('hex'),
+      alpha: hasAlpha(header.type!, data),
     };
   }
 
@@ -53,4 +54,25 @@ export class HeaderImageCodec implements ImageCodec {
     // Same format out as in: sharp keeps it unless told otherwise.
     return sharp(data).resize(size.width, size.height, {fit: 'cover'}).toBuffer();
   }
+}
+
+/**
+ * Whether an image can hold transparent pixels, read from its header: PNG's
+ * colour type (grey or RGB with alpha) or a tRNS chunk before the image data;
+ * WebP's alpha flag (VP8X) or a lossless stream (VP8L, which may carry alpha).
+ */
+function hasAlpha(type: string, data: Buffer): boolean {
+  if (type === 'png') {
+    const colourType = data[25];
+    if (colourType === 4 || colourType === 6) return true;
+    const dataStart = data.indexOf('IDAT', 8, 'latin1');
+    const transparency = data.indexOf('tRNS', 8, 'latin1');
+    return transparency !== -1 && (dataStart === -1 || transparency < dataStart);
+  }
+  if (type === 'webp') {
+    const chunk = data.toString('latin1', 12, 16);
+    if (chunk === 'VP8X') return ((data[20] ?? 0) & 0x10) !== 0;
+    return chunk === 'VP8L';
+  }
+  return false;
 }

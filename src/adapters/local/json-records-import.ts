@@ -24,8 +24,11 @@ export interface JsonRecords {
 }
 
 /** A job as the JSON store wrote it: before owners, leases, errors and warnings, with a prompt per image. */
-type JsonJob = Omit<JobRecord, 'owner' | 'error' | 'lease_until' | 'warnings' | 'parameters' | 'images'> &
-  Partial<Pick<JobRecord, 'owner' | 'error' | 'lease_until' | 'warnings'>> & {
+type JsonJob = Omit<
+  JobRecord,
+  'owner' | 'error' | 'lease_until' | 'warnings' | 'source_images' | 'parameters' | 'images'
+> &
+  Partial<Pick<JobRecord, 'owner' | 'error' | 'lease_until' | 'warnings' | 'source_images'>> & {
     parameters: Partial<JobParameters> & {model: string};
     images: (ImageRecord & {prompt?: string})[];
   };
@@ -108,6 +111,7 @@ export function upgradeJsonJob(stored: JsonJob): JobRecord {
   return {
     ...stored,
     owner: stored.owner ?? null,
+    source_images: stored.source_images ?? [],
     parameters,
     metadata: stored.metadata ?? {},
     images: stored.images.map(({prompt: _prompt, ...image}) => image),

@@ -89,6 +89,10 @@ export function jobListQuery(query: JobQuery): {sql: string; params: SQLInputVal
     where.push('j.status = ?');
     params.push(query.status);
   }
+  if (query.source) {
+    where.push('j.source = ?');
+    params.push(query.source);
+  }
   if (query.after) {
     where.push(`(${createdAt}, ${id}) < (?, ?)`);
     params.push(query.after.createdAt, query.after.id);
@@ -459,11 +463,12 @@ export class SqliteMetadataStore implements MetadataStore {
   /** The job row, its labels and its image index: fails if the job or an image id exists. */
   private insertJob(sql: Statements, job: JobRecord): void {
     sql.run(
-      `INSERT INTO jobs (id, created_at, status, owner, lease_until_ms, record) VALUES (?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO jobs (id, created_at, status, owner, source, lease_until_ms, record) VALUES (?, ?, ?, ?, ?, ?, ?)`,
       job.id,
       job.created_at,
       job.status,
       job.owner,
+      job.source,
       job.lease_until === null ? null : epochMs(job.lease_until, 'A job lease'),
       JSON.stringify(job),
     );
@@ -474,10 +479,11 @@ export class SqliteMetadataStore implements MetadataStore {
 
   private updateJob(sql: Statements, job: JobRecord): void {
     sql.run(
-      `UPDATE jobs SET created_at = ?, status = ?, owner = ?, lease_until_ms = ?, record = ? WHERE id = ?`,
+      `UPDATE jobs SET created_at = ?, status = ?, owner = ?, source = ?, lease_until_ms = ?, record = ? WHERE id = ?`,
       job.created_at,
       job.status,
       job.owner,
+      job.source,
       job.lease_until === null ? null : epochMs(job.lease_until, 'A job lease'),
       JSON.stringify(job),
       job.id,

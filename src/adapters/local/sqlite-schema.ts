@@ -85,6 +85,13 @@ export const MIGRATIONS: readonly Migration[] = [
         value TEXT NOT NULL
       ) STRICT, WITHOUT ROWID;
     `),
+  // 2: a job's source (legacy, generate, edit) as a column, so listings filter on it by index.
+  db =>
+    db.exec(`
+      ALTER TABLE jobs ADD COLUMN source TEXT NOT NULL DEFAULT 'generate';
+      UPDATE jobs SET source = coalesce(json_extract(record, '$.source'), 'generate');
+      CREATE INDEX jobs_by_source ON jobs (source, created_at DESC, id DESC);
+    `),
 ];
 
 /** How long a statement waits for another process's write lock before failing. */

@@ -1,7 +1,13 @@
 import {subscribe, unsubscribe} from 'node:diagnostics_channel';
 import {AppError, validationError} from '../../core/errors';
-import type {UpstreamParameters} from '../../core/generation';
-import type {CallOptions, GeneratedImages, ImageProvider, UpstreamRequest} from '../../core/ports';
+import {NOT_FOR_EDIT, NOT_FOR_GENERATE, type UpstreamParameters} from '../../core/generation';
+import type {
+  CallOptions,
+  GeneratedImages,
+  ImageProvider,
+  InputImage,
+  UpstreamRequest,
+} from '../../core/ports';
 import type {Usage} from '../../core/records';
 import {Limiter} from './limiter';
 import {BufferPool, parseImagesResponse} from './response-parser';
@@ -29,15 +35,32 @@ const loadSdk = () => require('openai') as typeof import('openai');
 type Sdk = ReturnType<typeof loadSdk>;
 type OpenAIClient = InstanceType<Sdk['default']>;
 type SdkGenerateParams = import('openai').OpenAI.Images.ImageGenerateParamsNonStreaming;
+type SdkEditParams = import('openai').OpenAI.Images.ImageEditParamsNonStreaming;
+
+type GenerateParameters = Omit<UpstreamParameters, (typeof NOT_FOR_GENERATE)[number]>;
+type EditParameters = Omit<UpstreamParameters, (typeof NOT_FOR_EDIT)[number]>;
 
 /**
- * The request body, picked from the SDK's own type: an upstream parameter the
- * SDK does not know, or one typed differently, fails to compile here.
+ * The request bodies, picked from the SDK's own types: an upstream parameter
+ * the SDK does not know, or one typed differently, fails to compile here.
  */
-type GenerateBody = Pick<
-  SdkGenerateParams,
-  'model' | 'prompt' | 'n' | 'response_format' | keyof UpstreamParameters
+type GenerateBody = Pick<SdkGenerateParams, 'model' | 'prompt' | 'n' | keyof GenerateParameters>;
+type EditBody = Pick<
+  SdkEditParams,
+  'model' | 'prompt' | 'n' | 'image' | 'mask' | 'markup' | keyof EditParameters
 >;
+
+type CallBody = {generate: GenerateBody; edit?: never} | {edit: EditBody; generate?: never};
+
+/** The parameters without those an operation does not take (the request schemas never set them). */
+function parametersFor<K extends keyof UpstreamParameters>(
+  parameters: UpstreamParameters,
+  excluded: readonly K[],
+): Omit<UpstreamParameters, K> {
+  const kept = {...parameters};
+  for (const name of excluded) delete kept[name];
+  return kept;
+}
 
 const CONTENT_TYPES: Record<string, string> = {png: 'image/png', jpeg: 'image/jpeg', webp: 'image/webp'};
 
@@ -86,12 +109,7 @@ export class OpenAIImageProvider implements ImageProvider {
     const client = this.getClient();
     const deadline = AbortSignal.timeout(this.options.timeoutMs);
     const combined = signal ? AbortSignal.any([signal, deadline]) : deadline;
-    const body: GenerateBody = {
-      model: request.model,
-      prompt: request.prompt,
-      n: request.n,
-      ...request.parameters,
-    };
+    const body = await this.bodyOf(request);
     const fail = (error: unknown) =>
       translateError(error, request, deadline.aborted, signal?.aborted ?? false);
 
@@ -110,7 +128,11 @@ export class OpenAIImageProvider implements ImageProvider {
     }
     let response: Response;
     try {
-      response = await client.images.generate(body, {signal: combined}).asResponse();
+      response = await (
+        body.edit
+          ? client.images.edit(body.edit, {signal: combined})
+          : client.images.generate(body.generate, {signal: combined})
+      ).asResponse();
     } catch (error) {
       throw fail(error);
     } finally {
@@ -127,6 +149,30 @@ export class OpenAIImageProvider implements ImageProvider {
     });
   }
 
+  /** The SDK body of a call: a generation, or an edit with its input files. */
+  private async bodyOf(request: UpstreamRequest): Promise<CallBody> {
+    const {model, prompt, n, parameters, edit} = request;
+    if (!edit) return {generate: {model, prompt, n, ...parametersFor(parameters, NOT_FOR_GENERATE)}};
+    const {toFile} = loadSdk();
+    // The bytes are not copied: each file wraps the buffer the request holds.
+    const file = (input: InputImage) => toFile(input.data, input.filename, {type: input.contentType});
+    // hd is a dall-e-3 quality the edit request schema refuses; the SDK's edit type has no place for it.
+    const {quality, ...rest} = parametersFor(parameters, NOT_FOR_EDIT);
+    if (quality === 'hd') throw new AppError('VALIDATION_ERROR', "quality 'hd' cannot be sent to an edit");
+    return {
+      edit: {
+        model,
+        prompt,
+        n,
+        ...rest,
+        ...(quality !== undefined ? {quality} : {}),
+        image: await Promise.all(edit.images.map(file)),
+        ...(edit.mask ? {mask: await file(edit.mask)} : {}),
+        ...(edit.markup ? {markup: await file(edit.markup)} : {}),
+      },
+    };
+  }
+
   /**
    * One streamed image: partial images are handed on as they arrive, base64
    * as it came (they only travel on to the caller); the final image is
@@ -134,23 +180,23 @@ export class OpenAIImageProvider implements ImageProvider {
    */
   private async streamImage(
     client: OpenAIClient,
-    body: GenerateBody,
+    body: CallBody,
     partialImages: number,
     signal: AbortSignal,
     onPartial: CallOptions['onPartial'],
   ): Promise<GeneratedImages> {
-    const stream = await client.images.generate(
-      {...body, n: 1, stream: true, partial_images: partialImages},
-      {signal},
-    );
+    const streaming = {n: 1, stream: true as const, partial_images: partialImages};
+    const stream = await (body.edit
+      ? client.images.edit({...body.edit, ...streaming}, {signal})
+      : client.images.generate({...body.generate, ...streaming}, {signal}));
     for await (const event of stream) {
-      if (event.type === 'image_generation.partial_image') {
+      if (event.type === 'image_generation.partial_image' || event.type === 'image_edit.partial_image') {
         onPartial?.({
           partialImageIndex: event.partial_image_index,
           b64: event.b64_json,
           contentType: CONTENT_TYPES[event.output_format] ?? 'application/octet-stream',
         });
-      } else if (event.type === 'image_generation.completed') {
+      } else if (event.type === 'image_generation.completed' || event.type === 'image_edit.completed') {
         return {
           images: [{data: Buffer.from(event.b64_json, 'base64'), revisedPrompt: null}],
           usage: (event.usage as unknown as Usage) ?? null,
@@ -225,7 +271,12 @@ function onceSent(origin: string, callback: () => void): () => void {
   };
   const listener = (message: unknown) => {
     const request = (message as {request?: {origin?: unknown; path?: unknown}}).request;
-    if (request?.origin === origin && String(request.path).endsWith('/images/generations')) finish();
+    const path = String(request?.path);
+    if (
+      request?.origin === origin &&
+      (path.endsWith('/images/generations') || path.endsWith('/images/edits'))
+    )
+      finish();
   };
   subscribe(BODY_SENT, listener);
   return finish;

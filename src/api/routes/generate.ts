@@ -12,7 +12,7 @@ import {sendJson} from '../responses';
 import {defineRoute} from '../route';
 import {JobViewSchema, jobView} from '../views';
 
-const GenerateHeadersSchema = z.object({
+export const GenerateHeadersSchema = z.object({
   'Idempotency-Key': z
     .string()
     .regex(IDEMPOTENCY_KEY_FORMAT, '1-255 printable ASCII characters without spaces')
@@ -30,7 +30,7 @@ const MODEL_DOCS = 'https://developers.openai.com/api/docs/models';
  * (RFC 9745, from its shutdown) and a Link to its successor; a model still
  * served until a known date gets Sunset (RFC 8594) and the same Link.
  */
-function lifecycleHeaders(catalogue: ModelCatalogue, job: JobRecord): Record<string, string> {
+export function lifecycleHeaders(catalogue: ModelCatalogue, job: JobRecord): Record<string, string> {
   const {requested_model: requested, model} = job.parameters;
   const entry = catalogue.get(requested);
   if (!entry?.shutdownDate) return {};

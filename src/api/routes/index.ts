@@ -1,4 +1,5 @@
 import type {Route} from '../route';
+import {editRoutes} from './edits';
 import {generateRoutes} from './generate';
 import {imageRoutes} from './images';
 import {jobRoutes} from './jobs';
@@ -10,6 +11,7 @@ import {taskRoutes} from './tasks';
 /** Every operation the function answers; anything else is 404, a wrong method 405. */
 export const ROUTES: Route[] = [
   ...generateRoutes,
+  ...editRoutes,
   ...jobRoutes,
   ...imageRoutes,
   ...modelRoutes,

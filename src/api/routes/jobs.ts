@@ -23,6 +23,7 @@ export const ListJobsQuerySchema = z
       .describe('Jobs per page, 1-100 (default 20).'),
     cursor: z.string().max(512).optional().describe('`next_cursor` of the previous page.'),
     status: z.enum(JOB_STATUSES).optional(),
+    source: z.enum(['legacy', 'generate', 'edit']).optional().describe('`edit`: only edits.'),
     // Documents the family of filters below; a name with braces in it matches no filter.
     'metadata.{key}': z
       .string()
@@ -31,14 +32,14 @@ export const ListJobsQuerySchema = z
   })
   .catchall(z.string().max(512))
   .superRefine((query, ctx) => {
-    const known = new Set(['limit', 'cursor', 'status']);
+    const known = new Set(['limit', 'cursor', 'status', 'source']);
     const filters = Object.keys(query).filter(name => METADATA_FILTER.test(name));
     for (const name of Object.keys(query)) {
       if (!known.has(name) && !METADATA_FILTER.test(name)) {
         ctx.addIssue({
           code: 'custom',
           path: [name],
-          message: 'unknown query parameter; use limit, cursor, status or metadata.<key>',
+          message: 'unknown query parameter; use limit, cursor, status, source or metadata.<key>',
         });
       }
     }
@@ -46,13 +47,14 @@ export const ListJobsQuerySchema = z
       ctx.addIssue({code: 'custom', path: ['metadata'], message: 'filter on one metadata key at a time'});
     }
   })
-  .transform(({limit, cursor, status, 'metadata.{key}': _documented, ...rest}) => {
+  .transform(({limit, cursor, status, source, 'metadata.{key}': _documented, ...rest}) => {
     const [name, value] = Object.entries(rest).find(([key]) => METADATA_FILTER.test(key)) ?? [];
     const key = name === undefined ? undefined : METADATA_FILTER.exec(name)?.[1];
     return {
       limit: limit ?? 20,
       ...(cursor ? {cursor} : {}),
       ...(status ? {status} : {}),
+      ...(source ? {source} : {}),
       ...(key !== undefined && value !== undefined ? {metadata: {key, value}} : {}),
     };
   })

@@ -18,8 +18,9 @@ import type {
 } from '../ports';
 import type {ImageRecord, JobFailure, JobParameters, JobRecord, Usage} from '../records';
 import {objectPathFor} from '../ids';
+import type {EditSourceDeps, ResolvedInputs} from './edit-inputs';
 
-export interface GenerateDeps {
+export interface GenerateDeps extends EditSourceDeps {
   provider: ImageProvider;
   objects: ObjectStore;
   metadata: MetadataStore;
@@ -37,6 +38,8 @@ export interface GenerateOptions {
   signal?: AbortSignal;
   /** Told as the job goes (for a caller watching a stream); must not throw. */
   onEvent?: (event: GenerationEvent) => void;
+  /** An edit's inputs, read and checked (see resolveEditInputs). */
+  inputs?: ResolvedInputs;
 }
 
 /** What happens to a job while it runs, in order for each image. */
@@ -84,6 +87,7 @@ export async function generateImages(
     owner: options.owner,
     prompt: command.prompt,
     source: command.source,
+    source_images: options.inputs?.sources ?? [],
     parameters: jobParameters(command, command.plan),
     metadata: command.metadata,
     usage: null,
@@ -175,6 +179,7 @@ export async function generateImages(
       n,
       parameters: plan.parameters,
       ...(plan.partialImages !== null ? {partialImages: plan.partialImages} : {}),
+      ...(options.inputs ? {edit: options.inputs.upstream} : {}),
     };
     return deps.provider.generate(
       request,

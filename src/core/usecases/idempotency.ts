@@ -1,10 +1,11 @@
 import {createHash, randomUUID} from 'node:crypto';
 import {AppError, isAppError, storageCall} from '../errors';
-import type {GenerateCommand} from '../generation';
+import type {GenerateCommand, ImageReference} from '../generation';
 import type {ClaimOutcome, IdempotencyRecord, KeyJobState} from '../ports';
 import type {JobRecord, JobStatus} from '../records';
 import {ownerOf, type Requester} from '../requester';
 import {generateImages, type GenerateDeps, type GenerateOptions} from './generate';
+import {resolveEditInputs} from './edit-inputs';
 import {reserveDailyQuota} from './quota';
 
 export interface IdempotencyOptions {
@@ -149,6 +150,8 @@ export class IdempotentGenerator {
     onEvent: GenerateOptions['onEvent'],
   ): Promise<JobRecord> {
     const now = this.deps.now?.() ?? new Date();
+    // An edit's inputs are read and checked first: a bad one costs neither quota nor money.
+    const inputs = command.edit ? await resolveEditInputs(this.deps, requester, command.edit) : undefined;
     const release = await reserveDailyQuota(this.deps, requester, jobId, command.count, now);
     try {
       return await generateImages(this.deps, command, {
@@ -156,6 +159,7 @@ export class IdempotentGenerator {
         owner: ownerOf(requester),
         leaseMs: this.options.leaseMs,
         ...(onEvent ? {onEvent} : {}),
+        ...(inputs ? {inputs} : {}),
       });
     } catch (error) {
       if (!inDoubt(error)) await release();

@@ -22,6 +22,7 @@ export interface ListJobsInput {
   limit: number;
   cursor?: string;
   status?: JobStatus;
+  source?: JobRecord['source'];
   metadata?: {key: string; value: string};
 }
 
@@ -62,6 +63,7 @@ export async function listJobs(
       ...(owner !== undefined ? {owner} : {}),
       ...(input.cursor ? {after: decodeCursor(input.cursor)} : {}),
       ...(input.status ? {status: input.status} : {}),
+      ...(input.source ? {source: input.source} : {}),
       ...(input.metadata ? {metadata: input.metadata} : {}),
     }),
   );

@@ -1,0 +1,181 @@
+import type {Readable} from 'node:stream';
+import {AppError, storageCall, validationError, type FieldProblem} from '../errors';
+import type {EditInputs, ImageReference} from '../generation';
+import type {ForeignObjects, ImageCodec, ImageInfo, InputImage, MetadataStore, ObjectStore} from '../ports';
+import type {SourceImage} from '../records';
+import type {Requester} from '../requester';
+import {findImage} from './images';
+
+/** OpenAI's limits on edit inputs. */
+export const EDIT_LIMITS = {imageBytes: 50 * 1024 * 1024, maskBytes: 4 * 1024 * 1024};
+
+const EDITABLE_TYPES = new Set(['image/png', 'image/jpeg', 'image/webp']);
+
+export interface EditSourceDeps {
+  objects: ObjectStore;
+  metadata: MetadataStore;
+  codec: ImageCodec;
+  /** Reads other buckets' objects; absent where there is no Cloud Storage (local mode). */
+  foreign?: ForeignObjects;
+  /** The function's own bucket, read through `objects`; null in local mode. */
+  ownBucket: string | null;
+  /** Other buckets an edit may read from (EDIT_SOURCE_BUCKETS). */
+  sourceBuckets: readonly string[];
+}
+
+/** An edit's inputs, read and checked: what goes upstream, and what the job records. */
+export interface ResolvedInputs {
+  upstream: {images: InputImage[]; mask?: InputImage; markup?: InputImage};
+  sources: SourceImage[];
+}
+
+type Role = SourceImage['role'];
+
+/**
+ * Reads every input of an edit and checks it the way OpenAI will, before
+ * anything is paid: each image a PNG, WebP or JPEG judged by its bytes (never
+ * by its name or declared type) and at most 50 MB; a mask a PNG with an alpha
+ * channel, the size of the first image, at most 4 MB; a markup a PNG with an
+ * alpha channel, the size of the first image. References resolve only to what
+ * the requester may use: its own images, and objects in the function's bucket
+ * or one named in EDIT_SOURCE_BUCKETS. Nothing is fetched from the internet.
+ * Every input is read once.
+ */
+export async function resolveEditInputs(
+  deps: EditSourceDeps,
+  requester: Requester,
+  edit: EditInputs,
+): Promise<ResolvedInputs> {
+  const problems: FieldProblem[] = [];
+  const read = async (ref: ImageReference, field: string, role: Role, maxBytes: number) => {
+    const data = await bytesOf(deps, requester, ref, field, maxBytes, problems);
+    if (!data) return null;
+    const info = deps.codec.inspect(data);
+    if (!info || !EDITABLE_TYPES.has(info.contentType)) {
+      problems.push({field, message: 'must be a PNG, WebP or JPEG image (judged by its bytes)'});
+      return null;
+    }
+    return {data, info, ref, role, field};
+  };
+  const images = await Promise.all(
+    edit.images.map((ref, i) => read(ref, `images[${i}]`, 'image', EDIT_LIMITS.imageBytes)),
+  );
+  const mask = edit.mask && (await read(edit.mask, 'mask', 'mask', EDIT_LIMITS.maskBytes));
+  const markup = edit.markup && (await read(edit.markup, 'markup', 'markup', EDIT_LIMITS.imageBytes));
+  const first = images[0]?.info;
+  for (const overlay of [mask, markup]) {
+    if (!overlay) continue;
+    if (overlay.info.contentType !== 'image/png' || !overlay.info.alpha) {
+      problems.push({field: overlay.field, message: 'must be a PNG with an alpha channel'});
+    } else if (first && (overlay.info.width !== first.width || overlay.info.height !== first.height)) {
+      problems.push({
+        field: overlay.field,
+        message: `is ${overlay.info.width}x${overlay.info.height}; it must be the size of the first image, ${first.width}x${first.height}`,
+      });
+    }
+  }
+  if (problems.length > 0) {
+    const missing = problems.find(p => p.message === NOT_FOUND);
+    if (missing)
+      throw new AppError('IMAGE_NOT_FOUND', `${missing.field}: no such image`, {details: {fields: problems}});
+    throw validationError(problems);
+  }
+  const all = [...images, mask, markup].filter((input): input is Read => Boolean(input));
+  return {
+    upstream: {
+      images: images.map(input => upstreamFile(input!)),
+      ...(mask ? {mask: upstreamFile(mask)} : {}),
+      ...(markup ? {markup: upstreamFile(markup)} : {}),
+    },
+    sources: all.map(input => ({
+      role: input.role,
+      image_id: input.ref.kind === 'image_id' ? input.ref.id : null,
+      gcs_uri: input.ref.kind === 'gcs_uri' ? `gs://${input.ref.bucket}/${input.ref.path}` : null,
+      sha256: input.info.sha256,
+    })),
+  };
+}
+
+interface Read {
+  data: Buffer;
+  info: ImageInfo;
+  ref: ImageReference;
+  role: Role;
+  field: string;
+}
+
+const NOT_FOUND = 'no such image';
+
+function upstreamFile(input: Read): InputImage {
+  return {
+    data: input.data,
+    filename: `${input.field.replace(/\W+/g, '-')}.${input.info.extension}`,
+    contentType: input.info.contentType,
+  };
+}
+
+/** The bytes a reference names, or null with the problem noted. */
+async function bytesOf(
+  deps: EditSourceDeps,
+  requester: Requester,
+  ref: ImageReference,
+  field: string,
+  maxBytes: number,
+  problems: FieldProblem[],
+): Promise<Buffer | null> {
+  const tooLarge = (bytes: number) => {
+    problems.push({field, message: `is ${bytes} bytes; at most ${maxBytes}`});
+    return null;
+  };
+  if (ref.kind === 'bytes') return ref.data.length > maxBytes ? tooLarge(ref.data.length) : ref.data;
+  if (ref.kind === 'image_id') {
+    const found = await findImage(deps, requester, ref.id).catch((error: unknown) => {
+      if (error instanceof AppError && error.code === 'IMAGE_NOT_FOUND') return null;
+      throw error;
+    });
+    if (!found) return missing(field, problems);
+    if (found.image.bytes > maxBytes) return tooLarge(found.image.bytes);
+    const stream = await storageCall(
+      'Could not read an image to edit',
+      deps.objects.read(found.image.object_path),
+    );
+    return stream ? readAll(stream, maxBytes) : missing(field, problems);
+  }
+  if (ref.bucket === deps.ownBucket) {
+    const stream = await storageCall('Could not read an image to edit', deps.objects.read(ref.path));
+    return stream ? readAll(stream, maxBytes) : missing(field, problems);
+  }
+  if (!deps.foreign || !deps.sourceBuckets.includes(ref.bucket)) {
+    problems.push({
+      field,
+      message: deps.foreign
+        ? `bucket '${ref.bucket}' is not one this function may read (its own, or EDIT_SOURCE_BUCKETS)`
+        : 'gs:// sources need Cloud Storage mode (GCS_BUCKET)',
+    });
+    return null;
+  }
+  const data = await storageCall(
+    'Could not read an image to edit',
+    deps.foreign.read(ref.bucket, ref.path, maxBytes),
+  );
+  return data ?? missing(field, problems);
+}
+
+function missing(field: string, problems: FieldProblem[]): null {
+  problems.push({field, message: NOT_FOUND});
+  return null;
+}
+
+async function readAll(stream: Readable, maxBytes: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of stream) {
+    size += (chunk as Buffer).length;
+    if (size > maxBytes) {
+      stream.destroy();
+      throw validationError([{field: '(image)', message: `is over ${maxBytes} bytes`}]);
+    }
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
