@@ -73,14 +73,23 @@ describe('OpenAIImageProvider whileWaiting', () => {
       maxRetries: 0,
       maxConcurrentDecodes: 2,
     });
+    const total = 6;
     let reading = 0;
+    let entered = 0;
     let most = 0;
+    const changed: (() => void)[] = [];
+    const notify = () => changed.splice(0).forEach(wake => wake());
     await Promise.all(
-      Array.from({length: 6}, () =>
+      Array.from({length: total}, () =>
         provider.generate(request, async () => {
+          entered++;
           most = Math.max(most, ++reading);
-          await new Promise(resolve => setTimeout(resolve, 30));
+          notify();
+          // Each read holds its slot until a second one is in, or until no other answer is left:
+          // with two slots, two reads are then in at once whatever the answers' timing.
+          while (reading < 2 && entered < total) await new Promise<void>(wake => changed.push(wake));
           reading--;
+          notify();
         }),
       ),
     );
