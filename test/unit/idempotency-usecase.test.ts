@@ -4,10 +4,12 @@ import {AppError} from '../../src/core/errors';
 import type {GenerateCommand} from '../../src/core/generation';
 import type {KeyJobState} from '../../src/core/ports';
 import {commandFor} from '../support/commands';
+import {ScriptedProvider, tinyPng} from '../support/scripted-provider';
+import {ModelCatalogue} from '../../src/core/catalogue';
+import {parseEditBody, planGeneration} from '../../src/core/generation';
 import type {Requester} from '../../src/core/requester';
 import {IdempotentGenerator, decideClaim, fingerprintOf} from '../../src/core/usecases/idempotency';
 import {MemoryMetadataStore, MemoryObjectStore} from '../support/memory-stores';
-import {ScriptedProvider} from '../support/scripted-provider';
 
 const MINUTE = 60_000;
 const IAM: Requester = {kind: 'iam', email: null};
@@ -161,6 +163,27 @@ describe('daily quotas', () => {
     await generator.generate(command(), {kind: 'api-key', name: 'dave', admin: false, dailyQuota: null});
     await generator.generate(command(), IAM);
     expect(metadata.quotas.size).toBe(0);
+  });
+});
+
+describe('fingerprintOf', () => {
+  const edit = (b64: string) =>
+    planGeneration(parseEditBody({prompt: 'x', images: [{b64_json: b64}]}), {
+      catalogue: new ModelCatalogue(),
+      defaultModel: 'gpt-image-2.6-sunburst',
+      retiredModels: 'replace',
+      day: '2026-12-02',
+    });
+
+  test("an edit's inputs are part of what makes two requests the same", () => {
+    const png = tinyPng(4, 4, 1).toString('base64');
+    const other = tinyPng(4, 4, 2).toString('base64');
+    expect(fingerprintOf(edit(png))).toBe(fingerprintOf(edit(png)));
+    expect(fingerprintOf(edit(png))).not.toBe(fingerprintOf(edit(other)));
+  });
+
+  test('how a request is sent is not part of it: streaming, the legacy shape', () => {
+    expect(fingerprintOf(commandFor({stream: true}))).toBe(fingerprintOf(commandFor({})));
   });
 });
 

@@ -31,10 +31,22 @@ function sha256(text: string): string {
  * still the same request).
  */
 export function fingerprintOf(command: GenerateCommand): string {
-  const {prompt, count, requestedModel, requested, metadata, allowPartial} = command;
+  const {prompt, count, requestedModel, requested, metadata, allowPartial, edit} = command;
+  // An edit's inputs by what names them, never by their bytes (an upload by its hash).
+  const inputs = edit && {
+    images: edit.images.map(referenceKey),
+    mask: edit.mask ? referenceKey(edit.mask) : null,
+    markup: edit.markup ? referenceKey(edit.markup) : null,
+  };
   return sha256(
-    JSON.stringify(sortedDeep({prompt, count, requestedModel, requested, metadata, allowPartial})),
+    JSON.stringify(sortedDeep({prompt, count, requestedModel, requested, metadata, allowPartial, inputs})),
   );
+}
+
+function referenceKey(ref: ImageReference): string {
+  if (ref.kind === 'image_id') return `image:${ref.id}`;
+  if (ref.kind === 'gcs_uri') return `gs://${ref.bucket}/${ref.path}`;
+  return `sha256:${createHash('sha256').update(ref.data).digest('hex')}`;
 }
 
 function sortedDeep(value: unknown): unknown {
