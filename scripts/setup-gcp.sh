@@ -326,6 +326,15 @@ create_index jobs "a caller's own jobs, newest first" \
 # owner == X and status == Y order by created_at desc, __name__ desc
 create_index jobs "a caller's jobs by status" \
   owner:ascending status:ascending created_at:descending __name__:descending
+# source == X (edits, legacy calls, generations), alone and with owner and status.
+create_index jobs "listing jobs by source" \
+  source:ascending created_at:descending __name__:descending
+create_index jobs "listing jobs by source and status" \
+  source:ascending status:ascending created_at:descending __name__:descending
+create_index jobs "a caller's jobs by source" \
+  owner:ascending source:ascending created_at:descending __name__:descending
+create_index jobs "a caller's jobs by source and status" \
+  owner:ascending source:ascending status:ascending created_at:descending __name__:descending
 # The reconciler: status == 'running' and lease_until < now order by lease_until.
 create_index jobs "the reconciler's expired leases" \
   status:ascending lease_until:ascending

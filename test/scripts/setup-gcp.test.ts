@@ -39,6 +39,26 @@ const JOB_INDEXES = [
     'created_at,order=descending',
     '__name__,order=descending',
   ],
+  ['source,order=ascending', 'created_at,order=descending', '__name__,order=descending'],
+  [
+    'source,order=ascending',
+    'status,order=ascending',
+    'created_at,order=descending',
+    '__name__,order=descending',
+  ],
+  [
+    'owner,order=ascending',
+    'source,order=ascending',
+    'created_at,order=descending',
+    '__name__,order=descending',
+  ],
+  [
+    'owner,order=ascending',
+    'source,order=ascending',
+    'status,order=ascending',
+    'created_at,order=descending',
+    '__name__,order=descending',
+  ],
   ['status,order=ascending', 'lease_until,order=ascending'],
 ].map(fields => fields.map(field => `--field-config=field-path=${field}`));
 
@@ -640,10 +660,7 @@ describe('setup-gcp.sh against a fake gcloud', () => {
     expect(created).toEqual([
       `gcloud storage buckets create gs://${PROJECT}-imagegen`,
       'gcloud firestore databases create --database=(default)',
-      'gcloud firestore indexes composite create',
-      'gcloud firestore indexes composite create',
-      'gcloud firestore indexes composite create',
-      'gcloud firestore indexes composite create',
+      ...JOB_INDEXES.map(() => 'gcloud firestore indexes composite create'),
       'gcloud secrets create openai-api-key --replication-policy=automatic',
       'gcloud iam service-accounts create imagegen-runtime',
       'gcloud iam service-accounts create imagegen-scheduler',
