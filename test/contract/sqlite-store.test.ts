@@ -390,6 +390,62 @@ describe('import of the JSON-file store', () => {
   });
 });
 
+describe('what has expired is swept, as Firestore TTL policies do', () => {
+  const hour = 3600_000;
+  const keyClaim = (jobId: string, now: Date, ttlMs: number) => ({
+    fingerprint: 'f',
+    jobId,
+    leaseUntil: new Date(now.getTime() + 60_000),
+    expiresAt: new Date(now.getTime() + ttlMs),
+    completed: false,
+  });
+  const count = (dataDir: string, table: string) =>
+    inspect(dataDir, db => (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as {n: number}).n);
+
+  test('each claim deletes a batch of expired keys, never one still valid', async () => {
+    const dataDir = freshDir();
+    const store = new SqliteMetadataStore(dataDir);
+    const start = new Date('2030-01-01T00:00:00Z');
+    for (let i = 0; i < 40; i++)
+      await store.claimIdempotencyKey(`old-${i}`, keyClaim(randomUUID(), start, hour), start);
+    await store.claimIdempotencyKey('valid', keyClaim(randomUUID(), start, 48 * hour), start);
+    expect(count(dataDir, 'idempotency_keys')).toBe(41);
+
+    const later = new Date(start.getTime() + 2 * hour);
+    await store.claimIdempotencyKey('new-1', keyClaim(randomUUID(), later, hour), later);
+    // A batch of 32 of the 40 expired keys is gone; the valid and the new key stay.
+    expect(count(dataDir, 'idempotency_keys')).toBe(41 - 32 + 1);
+    await store.claimIdempotencyKey('new-2', keyClaim(randomUUID(), later, hour), later);
+    const left = inspect(dataDir, db =>
+      (
+        db.prepare('SELECT key_hash FROM idempotency_keys ORDER BY key_hash').all() as {key_hash: string}[]
+      ).map(row => row.key_hash),
+    );
+    expect(left).toEqual(['new-1', 'new-2', 'valid']);
+    await store.close();
+  });
+
+  test("a reservation deletes the counts of days more than two days past, and keeps recent days' counts", async () => {
+    const dataDir = freshDir();
+    const store = new SqliteMetadataStore(dataDir);
+    const day = (offset: number) => new Date(Date.now() + offset * 86_400_000).toISOString().slice(0, 10);
+    const reserve = (onDay: string) =>
+      store.reserveQuota(
+        {subject: 'alice', day: onDay, jobId: randomUUID(), amount: 1, createdAt: new Date().toISOString()},
+        10,
+      );
+    for (const offset of [-30, -3, -2, -1]) expect((await reserve(day(offset))).ok).toBe(true);
+    await reserve(day(0));
+    const days = inspect(dataDir, db =>
+      (db.prepare('SELECT day FROM quota_counters ORDER BY day').all() as {day: string}[]).map(
+        row => row.day,
+      ),
+    );
+    expect(days).toEqual([day(-2), day(-1), day(0)]);
+    await store.close();
+  });
+});
+
 describe('schema migrations', () => {
   test('a new store is at the latest version, in WAL mode', async () => {
     const dataDir = freshDir();

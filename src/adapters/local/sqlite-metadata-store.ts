@@ -20,6 +20,10 @@ export const DATABASE_FILE = 'imagegen.db';
 /** The directory the JSON-file store kept its records in, imported once and then renamed. */
 const JSON_RECORDS_DIR = 'records';
 const JSON_IMPORT_MARK = 'json_records_import';
+/** How many expired idempotency keys one claim deletes: the sweep keeps pace without a long write. */
+const SWEEP_BATCH = 32;
+/** A day's quota count is kept this many days after it (as Firestore's TTL keeps it). */
+const QUOTA_KEEP_DAYS = 2;
 
 interface IdempotencyRow {
   fingerprint: string;
@@ -110,6 +114,11 @@ function isConstraintError(error: unknown): boolean {
   // SQLITE_CONSTRAINT and its extended codes (unique, primary key, ...) share the low byte 19.
   const code = (error as {errcode?: unknown} | undefined)?.errcode;
   return typeof code === 'number' && (code & 0xff) === 19;
+}
+
+/** The UTC day (YYYY-MM-DD) `days` before `now`'s. */
+function daysBefore(now: Date, days: number): string {
+  return new Date(now.getTime() - days * 86_400_000).toISOString().slice(0, 10);
 }
 
 function epochMs(iso: string, what: string): number {
@@ -270,6 +279,12 @@ export class SqliteMetadataStore implements MetadataStore {
         : null;
       const {result, write} = decideClaim(existing, keyJobState(job), claim, now);
       if (write) this.writeIdempotencyKey(sql, keyHash, write);
+      // Firestore's TTL policy forgets expired keys; here each claim forgets a few.
+      sql.run(
+        `DELETE FROM idempotency_keys WHERE key_hash IN
+           (SELECT key_hash FROM idempotency_keys WHERE expires_at_ms < ? LIMIT ${SWEEP_BATCH})`,
+        now.getTime(),
+      );
       return result;
     });
   }
@@ -298,6 +313,8 @@ export class SqliteMetadataStore implements MetadataStore {
           ?.used ?? 0;
       if (sql.get('SELECT 1 FROM quota_reservations WHERE job_id = ?', jobId)) return {ok: true, used};
       if (used + amount > limit) return {ok: false, used};
+      // Counts of days long past are no use (Firestore's TTL deletes them too).
+      sql.run('DELETE FROM quota_counters WHERE day < ?', daysBefore(new Date(), QUOTA_KEEP_DAYS));
       sql.run(
         `INSERT INTO quota_counters (subject, day, used) VALUES (?, ?, ?)
          ON CONFLICT (subject, day) DO UPDATE SET used = used + excluded.used`,

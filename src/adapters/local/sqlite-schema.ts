@@ -92,6 +92,12 @@ export const MIGRATIONS: readonly Migration[] = [
       UPDATE jobs SET source = coalesce(json_extract(record, '$.source'), 'generate');
       CREATE INDEX jobs_by_source ON jobs (source, created_at DESC, id DESC);
     `),
+  // 3: expired idempotency keys and past days' quota counts are swept by age.
+  db =>
+    db.exec(`
+      CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at_ms);
+      CREATE INDEX quota_counters_by_day ON quota_counters (day);
+    `),
 ];
 
 /** How long a statement waits for another process's write lock before failing. */
