@@ -209,6 +209,8 @@ export interface EditInputs {
   images: ImageReference[];
   mask?: ImageReference;
   markup?: ImageReference;
+  /** What the images are called in the body as sent: `images` (JSON) or `image` (multipart). */
+  imagesField?: string;
 }
 
 /**
@@ -288,30 +290,69 @@ export const LegacyGenerateRequestSchema = z
     return toRequest(prompt_image, fields, 'legacy', 'input.body.');
   });
 
-export const EditRequestSchema = z
-  .strictObject({
-    prompt: promptText.describe('What to change.'),
+/** The inputs of an edit, with each image given as `reference` says. */
+function editInputFields(reference: z.ZodType<ImageReference>) {
+  return {
     images: z
-      .array(ImageReferenceSchema)
+      .array(reference)
       .min(1, 'give at least one image')
       .max(MAX_EDIT_IMAGES, `at most ${MAX_EDIT_IMAGES} images`)
       .describe('The images to edit; the mask or markup applies to the first.'),
-    mask: ImageReferenceSchema.optional().describe(
-      'A PNG with an alpha channel, the size of the first image: its transparent pixels are what to edit.',
-    ),
-    markup: ImageReferenceSchema.optional().describe(
-      'A transparent PNG laid over the first image to guide the edit (models that take it; never with mask).',
-    ),
-    ...editFields,
-  })
-  .meta({id: 'EditRequest', description: 'Edit images into new ones.'})
-  .transform(({prompt, images, mask, markup, ...fields}) =>
+    mask: reference
+      .optional()
+      .describe(
+        'A PNG with an alpha channel, the size of the first image: its transparent pixels are what to edit.',
+      ),
+    markup: reference
+      .optional()
+      .describe(
+        'A transparent PNG laid over the first image to guide the edit (models that take it; never with mask).',
+      ),
+  };
+}
+
+type EditBody = z.output<z.ZodObject<typeof editFields>> & {
+  prompt: string;
+  images: ImageReference[];
+  mask?: ImageReference | undefined;
+  markup?: ImageReference | undefined;
+};
+
+/** The request an edit body makes; `imagesField` is what its images were called. */
+function toEditRequest(imagesField: string) {
+  return ({prompt, images, mask, markup, ...fields}: EditBody): GenerateRequest =>
     toRequest(prompt, fields, 'edit', '', {
       images,
       ...(mask ? {mask} : {}),
       ...(markup ? {markup} : {}),
-    }),
-  );
+      imagesField,
+    });
+}
+
+const editPrompt = promptText.describe('What to change.');
+
+export const EditRequestSchema = z
+  .strictObject({prompt: editPrompt, ...editInputFields(ImageReferenceSchema), ...editFields})
+  .meta({id: 'EditRequest', description: 'Edit images into new ones.'})
+  .transform(toEditRequest('images'));
+
+/** An uploaded file, made into a reference by the API layer (a multipart body). */
+const UploadedImageSchema = z.custom<ImageReference>(
+  value => typeof value === 'object' && value !== null && (value as ImageReference).kind === 'bytes',
+  'must be a file',
+);
+
+/**
+ * An edit whose images were uploaded (multipart/form-data, as OpenAI's own
+ * endpoint takes them): the same fields and rules as EditRequestSchema, the
+ * text fields already given their types, each upload a `bytes` reference.
+ */
+export const EditUploadSchema = z
+  .strictObject({prompt: editPrompt, ...editInputFields(UploadedImageSchema), ...editFields})
+  .transform(toEditRequest('image'));
+
+/** The fields of an edit besides its images, as documented (a multipart body documents them too). */
+export const EDIT_FIELD_SCHEMAS = {prompt: editPrompt, ...editFields};
 
 /** Validates a parsed JSON edit body; throws VALIDATION_ERROR naming every problem. */
 export function parseEditBody(body: unknown): GenerateRequest {

@@ -1,5 +1,5 @@
 import type {Readable} from 'node:stream';
-import {AppError, storageCall, validationError, type FieldProblem} from '../errors';
+import {AppError, isAppError, storageCall, storageError, validationError, type FieldProblem} from '../errors';
 import type {EditInputs, ImageReference} from '../generation';
 import type {ForeignObjects, ImageCodec, ImageInfo, InputImage, MetadataStore, ObjectStore} from '../ports';
 import type {SourceImage} from '../records';
@@ -57,8 +57,9 @@ export async function resolveEditInputs(
     }
     return {data, info, ref, role, field};
   };
+  const imagesField = edit.imagesField ?? 'images';
   const images = await Promise.all(
-    edit.images.map((ref, i) => read(ref, `images[${i}]`, 'image', EDIT_LIMITS.imageBytes)),
+    edit.images.map((ref, i) => read(ref, `${imagesField}[${i}]`, 'image', EDIT_LIMITS.imageBytes)),
   );
   const mask = edit.mask && (await read(edit.mask, 'mask', 'mask', EDIT_LIMITS.maskBytes));
   const markup = edit.markup && (await read(edit.markup, 'markup', 'markup', EDIT_LIMITS.imageBytes));
@@ -109,7 +110,7 @@ const NOT_FOUND = 'no such image';
 function upstreamFile(input: Read): InputImage {
   return {
     data: input.data,
-    filename: `${input.field.replace(/\W+/g, '-')}.${input.info.extension}`,
+    filename: `${input.field.replace(/\W+/g, '-').replace(/-$/, '')}.${input.info.extension}`,
     contentType: input.info.contentType,
   };
 }
@@ -127,6 +128,10 @@ async function bytesOf(
     problems.push({field, message: `is ${bytes} bytes; at most ${maxBytes}`});
     return null;
   };
+  const overLimit = () => {
+    problems.push({field, message: `is over the limit of ${maxBytes} bytes`});
+    return null;
+  };
   if (ref.kind === 'bytes') return ref.data.length > maxBytes ? tooLarge(ref.data.length) : ref.data;
   if (ref.kind === 'image_id') {
     const found = await findImage(deps, requester, ref.id).catch((error: unknown) => {
@@ -139,11 +144,11 @@ async function bytesOf(
       'Could not read an image to edit',
       deps.objects.read(found.image.object_path),
     );
-    return stream ? readAll(stream, maxBytes) : missing(field, problems);
+    return stream ? readAll(stream, maxBytes, overLimit) : missing(field, problems);
   }
   if (ref.bucket === deps.ownBucket) {
     const stream = await storageCall('Could not read an image to edit', deps.objects.read(ref.path));
-    return stream ? readAll(stream, maxBytes) : missing(field, problems);
+    return stream ? readAll(stream, maxBytes, overLimit) : missing(field, problems);
   }
   if (!deps.foreign || !deps.sourceBuckets.includes(ref.bucket)) {
     problems.push({
@@ -154,10 +159,14 @@ async function bytesOf(
     });
     return null;
   }
-  const data = await storageCall(
-    'Could not read an image to edit',
-    deps.foreign.read(ref.bucket, ref.path, maxBytes),
-  );
+  let data: Buffer | null;
+  try {
+    data = await deps.foreign.read(ref.bucket, ref.path, maxBytes);
+  } catch (error) {
+    // The reader refuses an object past the limit before downloading it.
+    if (isAppError(error) && error.code === 'VALIDATION_ERROR') return overLimit();
+    throw storageError('Could not read an image to edit', error);
+  }
   return data ?? missing(field, problems);
 }
 
@@ -166,16 +175,21 @@ function missing(field: string, problems: FieldProblem[]): null {
   return null;
 }
 
-async function readAll(stream: Readable, maxBytes: number): Promise<Buffer> {
+/** The stream's bytes; null (the problem noted by `overLimit`) once they pass `maxBytes`. */
+async function readAll(stream: Readable, maxBytes: number, overLimit: () => null): Promise<Buffer | null> {
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of stream) {
-    size += (chunk as Buffer).length;
-    if (size > maxBytes) {
-      stream.destroy();
-      throw validationError([{field: '(image)', message: `is over ${maxBytes} bytes`}]);
+  try {
+    for await (const chunk of stream) {
+      size += (chunk as Buffer).length;
+      if (size > maxBytes) {
+        stream.destroy();
+        return overLimit();
+      }
+      chunks.push(chunk as Buffer);
     }
-    chunks.push(chunk as Buffer);
+  } catch (error) {
+    throw storageError('Could not read an image to edit', error);
   }
-  return Buffer.concat(chunks);
+  return Buffer.concat(chunks, size);
 }
