@@ -3,6 +3,7 @@ import * as functions from '@google-cloud/functions-framework';
 import type {Request, Response} from '@google-cloud/functions-framework';
 import {createApp} from './api/app';
 import {installFrameworkErrorHandler} from './api/framework-errors';
+import {installStreamedBodies} from './api/streamed-bodies';
 import {sendError} from './api/responses';
 import {ConfigError, loadConfig} from './config';
 import {createServices, type ServiceOptions} from './container';
@@ -10,6 +11,7 @@ import {AppError} from './core/errors';
 import {createLogger} from './logger';
 
 installFrameworkErrorHandler();
+installStreamedBodies();
 
 export type Handler = (req: Request, res: Response) => Promise<void>;
 

@@ -4,8 +4,9 @@ import {AppError, validationError, zodProblems} from '../core/errors';
 import type {Requester} from '../core/requester';
 import {traceFields, type Logger} from '../logger';
 import {authenticate} from './auth';
-import {readJsonBody, type ParsedRequest} from './body';
+import type {ParsedRequest} from './body';
 import {sendError, toAppError} from './responses';
+import {readRouteBody} from './route-body';
 import type {AppServices, Method, Route} from './route';
 import {ROUTES} from './routes';
 import {imageLinker, verifyProxySignature, type ImageLinker} from './urls';
@@ -120,7 +121,7 @@ export function createApp(
       const query = validate(route.query, queryOf(url));
       const headers = validate(route.headers, headersOf(route.headers, req));
       const body = route.body
-        ? route.body.parse(await readJsonBody(req as ParsedRequest, config.maxBodyBytes))
+        ? await readRouteBody(route.body, req as ParsedRequest, res, config)
         : undefined;
       let linker: ImageLinker | undefined;
       await route.handle({

@@ -1,4 +1,4 @@
-import type {ServerResponse} from 'node:http';
+import type {IncomingMessage, ServerResponse} from 'node:http';
 import type {z} from 'zod';
 import type {Config} from '../config';
 import type {ErrorCode} from '../core/errors';
@@ -41,6 +41,17 @@ export interface ResponseSpec {
 export interface BodySpec<B> {
   schema: z.ZodType;
   parse(body: unknown): B;
+  /** The most bytes a body may have, in any media type; MAX_BODY_BYTES when not given. */
+  maxBytes?: (config: Config) => number;
+  /** Media types besides JSON, by name (e.g. multipart/form-data): each read from the wire by its reader. */
+  streamed?: Record<string, StreamedBodySpec<B>>;
+}
+
+/** A body read as it arrives, never buffered by the Functions Framework (see api/streamed-bodies.ts). */
+export interface StreamedBodySpec<B> {
+  /** What the OpenAPI document shows for this media type. */
+  schema: z.ZodType;
+  read(req: IncomingMessage, maxBytes: number): Promise<B>;
 }
 
 export interface RouteContext<P, Q, H, B> {
