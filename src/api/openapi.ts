@@ -43,11 +43,15 @@ function operationOf(route: Route): ZodOpenApiOperationObject {
     summary: route.summary,
     ...(route.open ? {security: []} : {}),
     ...(Object.keys(requestParams ?? {}).length > 0 ? {requestParams} : {}),
-    ...(route.body
-      ? {requestBody: {required: true, content: {'application/json': {schema: route.body.schema}}}}
-      : {}),
+    ...(route.body ? {requestBody: {required: true, content: requestContent(route.body)}} : {}),
     responses,
   };
+}
+
+/** A body's media types: JSON, and those the route reads as a stream (multipart uploads). */
+function requestContent(body: NonNullable<Route['body']>) {
+  const streamed = Object.entries(body.streamed ?? {}).map(([type, spec]) => [type, {schema: spec.schema}]);
+  return {'application/json': {schema: body.schema}, ...Object.fromEntries(streamed)};
 }
 
 function buildDocument(routes: Route[]): Record<string, unknown> {

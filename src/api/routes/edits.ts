@@ -1,4 +1,6 @@
+import {validationError} from '../../core/errors';
 import {EditRequestSchema, parseEditBody, planGeneration} from '../../core/generation';
+import {EditFormSchema, readEditForm} from '../edit-form';
 import {sendJson} from '../responses';
 import {defineRoute} from '../route';
 import {JobViewSchema, jobView} from '../views';
@@ -12,7 +14,13 @@ function editRoute(path: string, operationId: string) {
     operationId,
     summary: 'Edit images into new ones, stored as a new job (JSON references or multipart uploads)',
     headers: GenerateHeadersSchema,
-    body: {schema: EditRequestSchema, parse: parseEditBody},
+    body: {
+      schema: EditRequestSchema,
+      parse: parseEditBody,
+      // Images travel in the body, as base64 JSON or as files.
+      maxBytes: config => config.maxUploadBytes,
+      streamed: {'multipart/form-data': {schema: EditFormSchema, read: readEditForm}},
+    },
     responses: {200: {description: 'The completed job', schema: JobViewSchema}},
     errors: [
       'INVALID_JSON',
@@ -43,7 +51,14 @@ function editRoute(path: string, operationId: string) {
         day: now().toISOString().slice(0, 10),
       });
       const headerKey = ctx.headers['Idempotency-Key'];
-      if (headerKey !== undefined) command.idempotencyKey ??= headerKey;
+      if (headerKey !== undefined) {
+        if (command.idempotencyKey !== undefined && command.idempotencyKey !== headerKey) {
+          throw validationError([
+            {field: 'idempotency_key', message: 'differs from the Idempotency-Key header'},
+          ]);
+        }
+        command.idempotencyKey = headerKey;
+      }
       const {job, replayed} = await generator.generate(command, ctx.requester);
       if (replayed) ctx.res.setHeader('Idempotent-Replayed', 'true');
       for (const [name, value] of Object.entries(lifecycleHeaders(config.models, job)))
