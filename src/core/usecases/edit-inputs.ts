@@ -46,23 +46,26 @@ export async function resolveEditInputs(
   requester: Requester,
   edit: EditInputs,
 ): Promise<ResolvedInputs> {
-  const problems: FieldProblem[] = [];
+  // Read at once; each input's problems are kept apart, so they are reported in the body's order.
   const read = async (ref: ImageReference, field: string, role: Role, maxBytes: number) => {
+    const problems: FieldProblem[] = [];
     const data = await bytesOf(deps, requester, ref, field, maxBytes, problems);
-    if (!data) return null;
-    const info = deps.codec.inspect(data);
-    if (!info || !EDITABLE_TYPES.has(info.contentType)) {
+    const info = data && deps.codec.inspect(data);
+    if (data && (!info || !EDITABLE_TYPES.has(info.contentType))) {
       problems.push({field, message: 'must be a PNG, WebP or JPEG image (judged by its bytes)'});
-      return null;
     }
-    return {data, info, ref, role, field};
+    const input: Read | null = data && info && problems.length === 0 ? {data, info, ref, role, field} : null;
+    return {input, problems};
   };
   const imagesField = edit.imagesField ?? 'images';
-  const images = await Promise.all(
-    edit.images.map((ref, i) => read(ref, `${imagesField}[${i}]`, 'image', EDIT_LIMITS.imageBytes)),
-  );
-  const mask = edit.mask && (await read(edit.mask, 'mask', 'mask', EDIT_LIMITS.maskBytes));
-  const markup = edit.markup && (await read(edit.markup, 'markup', 'markup', EDIT_LIMITS.imageBytes));
+  const reads = await Promise.all([
+    ...edit.images.map((ref, i) => read(ref, `${imagesField}[${i}]`, 'image', EDIT_LIMITS.imageBytes)),
+    edit.mask ? read(edit.mask, 'mask', 'mask', EDIT_LIMITS.maskBytes) : null,
+    edit.markup ? read(edit.markup, 'markup', 'markup', EDIT_LIMITS.imageBytes) : null,
+  ]);
+  const problems = reads.flatMap(result => result?.problems ?? []);
+  const images = reads.slice(0, edit.images.length).map(result => result!.input);
+  const [mask, markup] = reads.slice(edit.images.length).map(result => result?.input ?? null);
   const first = images[0]?.info;
   for (const overlay of [mask, markup]) {
     if (!overlay) continue;
