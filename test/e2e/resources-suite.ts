@@ -178,8 +178,10 @@ export function resourceSuite(name: string, backend: Backend): void {
       expect(body.openapi).toBe('3.1.0');
       expect(Object.keys(body.paths).sort()).toEqual([
         '/',
+        '/edits',
         '/generate',
         '/health',
+        '/images/edits',
         '/images/{id}',
         '/images/{id}/url',
         '/jobs',
