@@ -8,6 +8,7 @@ import {
   type GenerateRequest,
   type ImageReference,
 } from '../core/generation';
+import type {ImageBytes} from '../core/image-bytes';
 import {EDIT_LIMITS} from '../core/usecases/edit-inputs';
 import {readMultipart, type FormText, type MultipartForm} from './multipart';
 
@@ -98,7 +99,7 @@ export function parseEditForm(form: MultipartForm): GenerateRequest {
   return parsed.data;
 }
 
-function upload(file: {data: Buffer; filename: string}): ImageReference {
+function upload(file: {data: ImageBytes; filename: string}): ImageReference {
   return {kind: 'bytes', data: file.data, filename: file.filename};
 }
 

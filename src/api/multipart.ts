@@ -1,6 +1,7 @@
 import type {IncomingMessage} from 'node:http';
 import busboy from 'busboy';
 import {AppError, validationError, type FieldProblem} from '../core/errors';
+import {ImageBytesCollector, type ImageBytes} from '../core/image-bytes';
 
 /** How much a multipart body may hold; anything past a limit is not kept. */
 export interface MultipartLimits {
@@ -20,7 +21,8 @@ export interface FormFile {
   filename: string;
   /** As the part declares it: only a label, never trusted. */
   contentType: string;
-  data: Buffer;
+  /** Gathered from the wire into one Blob, hashed as it came. */
+  data: ImageBytes;
 }
 
 export interface FormText {
@@ -40,8 +42,8 @@ const MAX_FIELD_NAME_BYTES = 200;
 const MAX_HEADERS_PER_PART = 16;
 
 /**
- * Reads a multipart/form-data body as it arrives, with busboy. Files are kept
- * whole in memory (each one buffer, sized once it has ended); a file part
+ * Reads a multipart/form-data body as it arrives, with busboy. Each file goes
+ * from the wire into one Blob, hashed on the way (see ImageBytes); a file part
  * whose name `takesFile` refuses, or that passes its limit, is read past and
  * reported. The whole body is counted as it comes off the wire: past
  * `maxBytes` the read stops (the rest is never read) and the answer is
@@ -111,23 +113,19 @@ export function readMultipart(
         stream.resume();
         return;
       }
-      const chunks: Buffer[] = [];
-      let size = 0;
-      stream.on('data', (chunk: Buffer) => {
-        size += chunk.length;
-        chunks.push(chunk);
-      });
+      let collector: ImageBytesCollector | null = new ImageBytesCollector();
+      stream.on('data', (chunk: Buffer) => collector?.add(chunk));
       stream.once('limit', () => {
         form.problems.push({field, message: `a file is over the limit of ${limits.maxFileBytes} bytes`});
-        chunks.length = 0;
+        collector = null;
       });
       stream.once('end', () => {
-        if (stream.truncated) return;
+        if (!collector) return;
         form.files.push({
           field,
           filename: info.filename ?? field,
           contentType: info.mimeType,
-          data: Buffer.concat(chunks, size),
+          data: collector.finish(),
         });
       });
     });

@@ -1,6 +1,7 @@
 import {z} from 'zod';
 import type {ModelCatalogue} from './catalogue';
 import {AppError, validationError, zodProblems, type FieldProblem} from './errors';
+import {imageBytesFromBase64, type ImageBytes} from './image-bytes';
 import {
   BACKGROUNDS,
   COMPLEXITIES,
@@ -170,7 +171,7 @@ export const MAX_EDIT_IMAGES = 16;
 export type ImageReference =
   | {kind: 'image_id'; id: string}
   | {kind: 'gcs_uri'; bucket: string; path: string}
-  | {kind: 'bytes'; data: Buffer; filename: string};
+  | {kind: 'bytes'; data: ImageBytes; filename: string};
 
 const GCS_URI = /^gs:\/\/([a-z0-9][a-z0-9._-]{1,221}[a-z0-9])\/(.{1,1024})$/;
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
@@ -198,8 +199,8 @@ export const ImageReferenceSchema = z
     if (ref.image_id !== undefined) return {kind: 'image_id', id: ref.image_id};
     const uri = ref.gcs_uri === undefined ? null : GCS_URI.exec(ref.gcs_uri);
     if (uri) return {kind: 'gcs_uri', bucket: uri[1]!, path: uri[2]!};
-    const data = Buffer.from(ref.b64_json ?? '', 'base64');
-    if (data.length === 0) ctx.addIssue({code: 'custom', message: 'b64_json holds no bytes'});
+    const data = imageBytesFromBase64(ref.b64_json ?? '');
+    if (data.size === 0) ctx.addIssue({code: 'custom', message: 'b64_json holds no bytes'});
     return {kind: 'bytes', data, filename: 'image'};
   })
   .meta({id: 'ImageReference', description: 'One of image_id, gcs_uri or b64_json.'});

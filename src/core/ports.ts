@@ -14,9 +14,9 @@ export interface UpstreamRequest {
   edit?: {images: InputImage[]; mask?: InputImage; markup?: InputImage};
 }
 
-/** An image sent to OpenAI, as a file. */
+/** An image sent to OpenAI, as a file: its one copy in memory, sent as it is by every call. */
 export interface InputImage {
-  data: Buffer;
+  data: Blob;
   filename: string;
   contentType: string;
 }

@@ -1,3 +1,5 @@
+import {createHash, randomBytes} from 'node:crypto';
+import {Readable} from 'node:stream';
 import {HeaderImageCodec} from '../../src/adapters/imaging/image-codec';
 import {ModelCatalogue} from '../../src/core/catalogue';
 import {AppError, validationError, type FieldProblem} from '../../src/core/errors';
@@ -12,6 +14,13 @@ import type {ForeignObjects} from '../../src/core/ports';
 import type {Requester} from '../../src/core/requester';
 import {EDIT_LIMITS, resolveEditInputs, type EditSourceDeps} from '../../src/core/usecases/edit-inputs';
 import {fingerprintOf} from '../../src/core/usecases/idempotency';
+import {
+  HEAD_BYTES,
+  ImageBytesCollector,
+  imageBytesFromBase64,
+  imageBytesFromStream,
+  imageBytesOf,
+} from '../../src/core/image-bytes';
 import {solidImage} from '../support/images';
 import {MemoryMetadataStore, MemoryObjectStore} from '../support/memory-stores';
 import {finishedJob, runningJob} from '../support/records';
@@ -136,7 +145,11 @@ describe('resolveEditInputs', () => {
     return {deps, objects, metadata, foreign};
   }
 
-  const bytes = (data: Buffer, filename = 'upload'): ImageReference => ({kind: 'bytes', data, filename});
+  const bytes = (data: Buffer, filename = 'upload'): ImageReference => ({
+    kind: 'bytes',
+    data: imageBytesOf(data),
+    filename,
+  });
 
   async function failure(promise: Promise<unknown>): Promise<{code: string; problems: string[]}> {
     try {
@@ -240,7 +253,8 @@ describe('resolveEditInputs', () => {
     await metadata.createJob(runningJob({...job, images: [image]}));
     await metadata.completeJob({...job, images: [image]});
     const resolved = await resolveEditInputs(deps, alice, {images: [{kind: 'image_id', id: image.id}]});
-    expect(resolved.upstream.images[0]?.data.equals(data)).toBe(true);
+    const sent = Buffer.from(await resolved.upstream.images[0]!.data.arrayBuffer());
+    expect(sent.equals(data)).toBe(true);
     expect(resolved.sources).toEqual([
       {role: 'image', image_id: image.id, gcs_uri: null, sha256: expect.stringMatching(/^[0-9a-f]{64}$/)},
     ]);
@@ -330,5 +344,55 @@ describe('the fingerprint of an edit', () => {
     expect(fingerprintOf(planEdit({images: [{gcs_uri: 'gs://bucket-a/x.png'}]}))).not.toBe(
       fingerprintOf(planEdit({images: [{gcs_uri: 'gs://bucket-b/x.png'}]})),
     );
+  });
+});
+
+describe('image bytes', () => {
+  const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
+
+  test('however the bytes come, they are held once, hashed, with their head', async () => {
+    const data = randomBytes(3 * 1024 * 1024 + 17);
+    const collector = new ImageBytesCollector();
+    for (let offset = 0; offset < data.length; offset += 65_536)
+      collector.add(data.subarray(offset, offset + 65_536));
+    for (const bytes of [
+      collector.finish(),
+      imageBytesOf(data),
+      imageBytesFromBase64(data.toString('base64')),
+      (await imageBytesFromStream(Readable.from([data.subarray(0, 100), data.subarray(100)]), data.length))!,
+    ]) {
+      expect([bytes.size, bytes.sha256, bytes.blob.size]).toEqual([data.length, sha256(data), data.length]);
+      expect(bytes.head.equals(data.subarray(0, HEAD_BYTES))).toBe(true);
+      expect(Buffer.from(await bytes.blob.arrayBuffer()).equals(data)).toBe(true);
+    }
+    expect(await imageBytesFromStream(Readable.from([data]), data.length - 1)).toBeNull();
+  });
+
+  test('a JPEG whose header lies past the first bytes is still judged right', async () => {
+    const jpeg = await solidImage('jpeg', 40, 30);
+    // Comment segments (the most one segment holds) before the frame header.
+    const comment = Buffer.concat([Buffer.from([0xff, 0xfe, 0xff, 0xff]), Buffer.alloc(65_533, 0x20)]);
+    const padded = Buffer.concat([
+      jpeg.subarray(0, 2),
+      ...Array.from({length: 5}, () => comment),
+      jpeg.subarray(2),
+    ]);
+    expect(padded.length).toBeGreaterThan(HEAD_BYTES);
+    const deps: EditSourceDeps = {
+      objects: new MemoryObjectStore(),
+      metadata: new MemoryMetadataStore(),
+      codec: new HeaderImageCodec(),
+      ownBucket: null,
+      sourceBuckets: [],
+    };
+    const resolved = await resolveEditInputs(
+      deps,
+      {kind: 'iam', email: null},
+      {
+        images: [{kind: 'bytes', data: imageBytesOf(padded), filename: 'x.jpg'}],
+      },
+    );
+    expect(resolved.upstream.images[0]).toMatchObject({contentType: 'image/jpeg'});
+    expect(resolved.sources[0]?.sha256).toBe(sha256(padded));
   });
 });

@@ -3,6 +3,7 @@ import {Readable} from 'node:stream';
 import {parseEditForm} from '../../src/api/edit-form';
 import {readMultipart, type MultipartForm, type MultipartLimits} from '../../src/api/multipart';
 import {AppError, type FieldProblem} from '../../src/core/errors';
+import {imageBytesOf} from '../../src/core/image-bytes';
 
 const LIMITS: MultipartLimits = {
   maxBytes: 1024 * 1024,
@@ -75,7 +76,7 @@ describe('readMultipart', () => {
       {field: 'prompt', value: 'a cat'},
       {field: 'n', value: '2'},
     ]);
-    expect(read_.files.map(f => [f.field, f.filename, f.data.length, f.data[0]])).toEqual([
+    expect(read_.files.map(f => [f.field, f.filename, f.data.size, f.data.head[0]])).toEqual([
       ['image[]', 'one.png', 40_000, 1],
       ['image[]', 'two.jpg', 20_000, 2],
     ]);
@@ -160,7 +161,7 @@ describe('parseEditForm', () => {
     field,
     filename: `${field}.png`,
     contentType: 'image/png',
-    data: Buffer.alloc(bytes, 1),
+    data: imageBytesOf(Buffer.alloc(bytes, 1)),
   });
   const texts = (fields: Record<string, string>) =>
     Object.entries(fields).map(([field, value]) => ({field, value}));
@@ -213,7 +214,7 @@ describe('parseEditForm', () => {
       userAlias: true,
     });
     expect(request.parameters).not.toHaveProperty('complexity');
-    expect(request.edit?.images.map(ref => ref.kind === 'bytes' && ref.data.length)).toEqual([3, 5]);
+    expect(request.edit?.images.map(ref => ref.kind === 'bytes' && ref.data.size)).toEqual([3, 5]);
     expect(request.edit?.mask).toMatchObject({kind: 'bytes', filename: 'mask.png'});
     expect(request.edit?.imagesField).toBe('image');
   });

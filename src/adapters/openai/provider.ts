@@ -154,7 +154,7 @@ export class OpenAIImageProvider implements ImageProvider {
     const {model, prompt, n, parameters, edit} = request;
     if (!edit) return {generate: {model, prompt, n, ...parametersFor(parameters, NOT_FOR_GENERATE)}};
     const {toFile} = loadSdk();
-    // The bytes are not copied: each file wraps the buffer the request holds.
+    // Each file wraps the input's Blob: no call copies the bytes (a File made from a Buffer would).
     const file = (input: InputImage) => toFile(input.data, input.filename, {type: input.contentType});
     // hd is a dall-e-3 quality the edit request schema refuses; the SDK's edit type has no place for it.
     const {quality, ...rest} = parametersFor(parameters, NOT_FOR_EDIT);

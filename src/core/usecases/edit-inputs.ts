@@ -1,6 +1,7 @@
 import type {Readable} from 'node:stream';
 import {AppError, isAppError, storageCall, storageError, validationError, type FieldProblem} from '../errors';
 import type {EditInputs, ImageReference} from '../generation';
+import {imageBytesFromStream, imageBytesOf, wholeBytes, type ImageBytes} from '../image-bytes';
 import type {ForeignObjects, ImageCodec, ImageInfo, InputImage, MetadataStore, ObjectStore} from '../ports';
 import type {SourceImage} from '../records';
 import type {Requester} from '../requester';
@@ -39,7 +40,7 @@ type Role = SourceImage['role'];
  * alpha channel, the size of the first image. References resolve only to what
  * the requester may use: its own images, and objects in the function's bucket
  * or one named in EDIT_SOURCE_BUCKETS. Nothing is fetched from the internet.
- * Every input is read once.
+ * Every input is read once, into the one Blob that every upstream call sends.
  */
 export async function resolveEditInputs(
   deps: EditSourceDeps,
@@ -50,7 +51,7 @@ export async function resolveEditInputs(
   const read = async (ref: ImageReference, field: string, role: Role, maxBytes: number) => {
     const problems: FieldProblem[] = [];
     const data = await bytesOf(deps, requester, ref, field, maxBytes, problems);
-    const info = data && deps.codec.inspect(data);
+    const info = data && (await inspect(deps.codec, data, role !== 'image'));
     if (data && (!info || !EDITABLE_TYPES.has(info.contentType))) {
       problems.push({field, message: 'must be a PNG, WebP or JPEG image (judged by its bytes)'});
     }
@@ -101,7 +102,7 @@ export async function resolveEditInputs(
 }
 
 interface Read {
-  data: Buffer;
+  data: ImageBytes;
   info: ImageInfo;
   ref: ImageReference;
   role: Role;
@@ -110,9 +111,21 @@ interface Read {
 
 const NOT_FOUND = 'no such image';
 
+/**
+ * What an image's header says, read from its first bytes; all of it is read
+ * only when they do not tell (a header after large metadata, or, for a mask
+ * or markup, transparency declared past them).
+ */
+async function inspect(codec: ImageCodec, bytes: ImageBytes, needsAlpha: boolean): Promise<ImageInfo | null> {
+  const fromHead = codec.inspect(bytes.head, bytes.sha256);
+  if (bytes.head.length === bytes.size) return fromHead;
+  if (fromHead && (fromHead.alpha || !needsAlpha)) return {...fromHead, bytes: bytes.size};
+  return codec.inspect(await wholeBytes(bytes), bytes.sha256);
+}
+
 function upstreamFile(input: Read): InputImage {
   return {
-    data: input.data,
+    data: input.data.blob,
     filename: `${input.field.replace(/\W+/g, '-').replace(/-$/, '')}.${input.info.extension}`,
     contentType: input.info.contentType,
   };
@@ -126,7 +139,7 @@ async function bytesOf(
   field: string,
   maxBytes: number,
   problems: FieldProblem[],
-): Promise<Buffer | null> {
+): Promise<ImageBytes | null> {
   const tooLarge = (bytes: number) => {
     problems.push({field, message: `is ${bytes} bytes; at most ${maxBytes}`});
     return null;
@@ -135,7 +148,7 @@ async function bytesOf(
     problems.push({field, message: `is over the limit of ${maxBytes} bytes`});
     return null;
   };
-  if (ref.kind === 'bytes') return ref.data.length > maxBytes ? tooLarge(ref.data.length) : ref.data;
+  if (ref.kind === 'bytes') return ref.data.size > maxBytes ? tooLarge(ref.data.size) : ref.data;
   if (ref.kind === 'image_id') {
     const found = await findImage(deps, requester, ref.id).catch((error: unknown) => {
       if (error instanceof AppError && error.code === 'IMAGE_NOT_FOUND') return null;
@@ -170,7 +183,8 @@ async function bytesOf(
     if (isAppError(error) && error.code === 'VALIDATION_ERROR') return overLimit();
     throw storageError('Could not read an image to edit', error);
   }
-  return data ?? missing(field, problems);
+  // The object's one buffer goes once its bytes are in the Blob.
+  return data ? imageBytesOf(data) : missing(field, problems);
 }
 
 function missing(field: string, problems: FieldProblem[]): null {
@@ -179,20 +193,16 @@ function missing(field: string, problems: FieldProblem[]): null {
 }
 
 /** The stream's bytes; null (the problem noted by `overLimit`) once they pass `maxBytes`. */
-async function readAll(stream: Readable, maxBytes: number, overLimit: () => null): Promise<Buffer | null> {
-  const chunks: Buffer[] = [];
-  let size = 0;
+async function readAll(
+  stream: Readable,
+  maxBytes: number,
+  overLimit: () => null,
+): Promise<ImageBytes | null> {
+  let bytes: ImageBytes | null;
   try {
-    for await (const chunk of stream) {
-      size += (chunk as Buffer).length;
-      if (size > maxBytes) {
-        stream.destroy();
-        return overLimit();
-      }
-      chunks.push(chunk as Buffer);
-    }
+    bytes = await imageBytesFromStream(stream, maxBytes);
   } catch (error) {
     throw storageError('Could not read an image to edit', error);
   }
-  return Buffer.concat(chunks, size);
+  return bytes ?? overLimit();
 }

@@ -46,7 +46,8 @@ export function fingerprintOf(command: GenerateCommand): string {
 function referenceKey(ref: ImageReference): string {
   if (ref.kind === 'image_id') return `image:${ref.id}`;
   if (ref.kind === 'gcs_uri') return `gs://${ref.bucket}/${ref.path}`;
-  return `sha256:${createHash('sha256').update(ref.data).digest('hex')}`;
+  // Hashed as it arrived (see ImageBytes): the bytes are not read again.
+  return `sha256:${ref.data.sha256}`;
 }
 
 function sortedDeep(value: unknown): unknown {
