@@ -17,6 +17,8 @@
 // Options: --concurrency=8 --inputs=4 --input-mb=4 --n=1 --stream --latency-ms=1500
 //          --only=multipart,json --no-build --node-options=FLAGS --json=FILE
 //          --timeline (also print RSS every 100 ms through the batch)
+//          --model=ID (dall-e-2, which cannot edit, measures reading the bodies alone)
+//          --strict (exit 1 when the target is missed)
 import {spawnSync} from 'node:child_process';
 import {mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs';
 import os from 'node:os';
