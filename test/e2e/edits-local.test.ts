@@ -193,6 +193,21 @@ describe('POST /edits, local store', () => {
       expect((several as unknown as {source_images: unknown[]}).source_images).toHaveLength(2);
     });
 
+    test('a refused edit is the SDK error of its status, with our message', async () => {
+      const client = new OpenAI({apiKey: ALICE, baseURL: ctx.fn.url, maxRetries: 0});
+      const refusal = client.images.edit({
+        image: await toFile(Buffer.from('not an image'), 'photo.png', {type: 'image/png'}),
+        prompt: 'add a hat',
+        model: 'gpt-image-2',
+      });
+      await expect(refusal).rejects.toBeInstanceOf(OpenAI.BadRequestError);
+      await expect(refusal).rejects.toMatchObject({
+        status: 400,
+        message: expect.stringContaining('image[0]: must be a PNG, WebP or JPEG image'),
+      });
+      expect(editCalls()).toHaveLength(0);
+    });
+
     test('a wrong key is refused as the SDK expects: an AuthenticationError', async () => {
       const client = new OpenAI({apiKey: 'not-a-key', baseURL: ctx.fn.url, maxRetries: 0});
       await expect(
