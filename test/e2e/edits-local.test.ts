@@ -303,7 +303,7 @@ describe('POST /edits, local store', () => {
       expect(body.error).toMatch(/application\/json or multipart\/form-data/);
     });
 
-    test('/generate takes no multipart body, and never reads one into memory', async () => {
+    test('/generate takes no multipart body: 415', async () => {
       const form = formOf([{data: await solidImage('png')}], {prompt: 'x'});
       const answer = await send('/generate', form);
       expect([answer.status, answer.body.code]).toEqual([415, 'UNSUPPORTED_MEDIA_TYPE']);
