@@ -2,16 +2,14 @@ import './compile-cache';
 import * as functions from '@google-cloud/functions-framework';
 import type {Request, Response} from '@google-cloud/functions-framework';
 import {createApp} from './api/app';
-import {installFrameworkErrorHandler} from './api/framework-errors';
-import {installStreamedBodies} from './api/streamed-bodies';
+import {installFrameworkAdapters, logFrameworkAnswersTo} from './api/framework';
 import {sendError} from './api/responses';
 import {ConfigError, loadConfig} from './config';
 import {createServices, type ServiceOptions} from './container';
 import {AppError} from './core/errors';
 import {createLogger} from './logger';
 
-installFrameworkErrorHandler();
-installStreamedBodies();
+installFrameworkAdapters();
 
 export type Handler = (req: Request, res: Response) => Promise<void>;
 
@@ -33,7 +31,9 @@ export function createImageGenHandler(
     createLogger('info', options.logDestination).error({err: error}, message);
     return async (_req, res) => sendError(res, new AppError('SERVICE_ERROR', message));
   }
-  return createApp(createServices(config, options));
+  const services = createServices(config, options);
+  logFrameworkAnswersTo(services.logger);
+  return createApp(services);
 }
 
 let handler: Handler | undefined;

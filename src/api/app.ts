@@ -4,7 +4,7 @@ import {AppError, validationError, zodProblems} from '../core/errors';
 import type {Requester} from '../core/requester';
 import {traceFields, type Logger} from '../logger';
 import {authenticate} from './auth';
-import type {ParsedRequest} from './body';
+import {discardUnreadBody} from './body';
 import {sendError, toAppError} from './responses';
 import {readRouteBody} from './route-body';
 import type {AppServices, Method, Route} from './route';
@@ -120,12 +120,10 @@ export function createApp(
       );
       const query = validate(route.query, queryOf(url));
       const headers = validate(route.headers, headersOf(route.headers, req));
-      const body = route.body
-        ? await readRouteBody(route.body, req as ParsedRequest, res, config)
-        : undefined;
+      const body = route.body ? await readRouteBody(route.body, req, res, config) : undefined;
       let linker: ImageLinker | undefined;
       await route.handle({
-        req: req as ParsedRequest,
+        req,
         res,
         params,
         query,
@@ -142,6 +140,8 @@ export function createApp(
       failure = toAppError(error);
       sendError(res, failure, failure.code === 'UNAUTHENTICATED' ? {'WWW-Authenticate': 'Bearer'} : {});
     } finally {
+      // A body nobody read (a refusal before it, a route without one) is thrown away, within a bound.
+      discardUnreadBody(req);
       logAccess(log, req, res, started, labels, failure);
     }
   };

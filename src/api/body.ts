@@ -1,28 +1,184 @@
-import type {IncomingMessage} from 'node:http';
+import type {IncomingMessage, ServerResponse} from 'node:http';
+import type {Readable} from 'node:stream';
+import {createGunzip} from 'node:zlib';
 import {AppError, validationError} from '../core/errors';
 
-/** What the Functions Framework leaves on the request after its body parsers ran. */
-export interface ParsedRequest extends IncomingMessage {
-  body?: unknown;
-  rawBody?: Buffer;
-}
+/**
+ * The request as routes get it: unread. The Functions Framework's body parsers
+ * are taken out of its app (see framework.ts), so the body is read here, once,
+ * under the function's limits.
+ */
+export type ParsedRequest = IncomingMessage;
+
+/**
+ * After a body is refused, the rest of it is read and thrown away, so the
+ * caller gets the answer instead of a reset connection (a socket closed with
+ * unread data resets). Past this many bytes the connection is cut instead.
+ */
+export const DISCARD_LIMIT_BYTES = 32 * 1024 * 1024;
 
 const DANGEROUS_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
 
-function mediaType(req: IncomingMessage): string {
-  return (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+/** application/json and every application/*+json (vnd.api+json, merge-patch+json, ...). */
+const JSON_MEDIA_TYPE = /^application\/(?:[a-z0-9][a-z0-9!#$&^_.+-]*\+)?json$/;
+const TOKEN = /^[!#$%&'*+.^_`|~0-9a-z-]+$/;
+
+interface MediaType {
+  type: string;
+  charset: string | undefined;
 }
 
-function isJsonType(type: string): boolean {
-  return type === 'application/json' || (type.startsWith('application/') && type.endsWith('+json'));
-}
-
-function parseJsonText(text: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch {
-    throw new AppError('INVALID_JSON', 'The request body is not valid JSON');
+/** The Content-Type's media type and charset; null when there is none. */
+function mediaTypeOf(req: IncomingMessage): MediaType | null {
+  const header = req.headers['content-type'];
+  if (header === undefined || header.trim() === '') return null;
+  const [essence = '', ...parameters] = header.split(';');
+  const type = essence.trim().toLowerCase();
+  const [top, sub, extra] = type.split('/');
+  if (!top || !sub || extra !== undefined || !TOKEN.test(top) || !TOKEN.test(sub)) {
+    throw new AppError(
+      'UNSUPPORTED_MEDIA_TYPE',
+      `Content-Type '${header.slice(0, 100)}' is not a media type; send application/json`,
+    );
   }
+  let charset: string | undefined;
+  for (const parameter of parameters) {
+    const [name = '', ...value] = parameter.split('=');
+    if (name.trim().toLowerCase() === 'charset') {
+      charset = value
+        .join('=')
+        .trim()
+        .replace(/^"(.*)"$/, '$1')
+        .toLowerCase();
+    }
+  }
+  return {type, charset};
+}
+
+/** identity or gzip; any other coding is refused before a byte is read. */
+function contentCodingOf(req: IncomingMessage, res: ServerResponse): 'identity' | 'gzip' {
+  const header = req.headers['content-encoding'];
+  const codings = (header ?? '')
+    .toLowerCase()
+    .split(',')
+    .map(coding => coding.trim())
+    .filter(coding => coding !== '' && coding !== 'identity');
+  if (codings.length === 0) return 'identity';
+  if (codings.length === 1 && (codings[0] === 'gzip' || codings[0] === 'x-gzip')) return 'gzip';
+  // RFC 9110 §12.5.3: a 415 for a content coding says which codings are taken.
+  res.setHeader('Accept-Encoding', 'gzip');
+  throw new AppError(
+    'UNSUPPORTED_MEDIA_TYPE',
+    `Content-Encoding '${String(header).slice(0, 100)}' is not supported; send the body as is or gzip`,
+  );
+}
+
+function tooLarge(maxBytes: number, declared?: number, inflated = false): AppError {
+  return new AppError(
+    'PAYLOAD_TOO_LARGE',
+    declared !== undefined
+      ? `The request body is ${declared} bytes; the limit is ${maxBytes}`
+      : `The request body ${inflated ? 'inflates to' : 'is'} more than the limit of ${maxBytes} bytes`,
+  );
+}
+
+/** Requests whose `Expect: 100-continue` is answered only once their body is wanted. */
+const awaitingContinue = new WeakSet<IncomingMessage>();
+
+/**
+ * Holds back the 100 Continue Node would send at once: a body that is refused
+ * (too large by its Content-Length, the wrong type) is then never sent. A
+ * response given without asking for the body closes the connection, since the
+ * body the caller held back would otherwise be read as the next request.
+ */
+export function deferContinue(req: IncomingMessage, res: ServerResponse): void {
+  awaitingContinue.add(req);
+  res.setHeader('Connection', 'close');
+}
+
+function grantContinue(req: IncomingMessage, res: ServerResponse): void {
+  if (!awaitingContinue.delete(req)) return;
+  res.removeHeader('Connection');
+  res.writeContinue();
+}
+
+/**
+ * Reads what is left of a body nobody wants and throws it away, up to
+ * DISCARD_LIMIT_BYTES; past that, the connection is cut.
+ */
+export function discardUnreadBody(req: IncomingMessage): void {
+  if (req.readableEnded || req.destroyed || awaitingContinue.has(req)) return;
+  let discarded = 0;
+  req.on('data', (chunk: Buffer) => {
+    discarded += chunk.length;
+    if (discarded > DISCARD_LIMIT_BYTES) req.socket?.destroy();
+  });
+  req.on('error', () => undefined);
+  req.resume();
+}
+
+/**
+ * Reads the body as sent (at most `maxBytes` on the wire) and, if gzip,
+ * inflates it (at most `maxBytes` inflated), stopping as soon as either limit
+ * is passed: nothing larger is ever held in memory.
+ */
+function readLimited(req: IncomingMessage, coding: 'identity' | 'gzip', maxBytes: number): Promise<Buffer> {
+  return new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let wireBytes = 0;
+    let bodyBytes = 0;
+    let settled = false;
+    const gunzip = coding === 'gzip' ? createGunzip() : null;
+    const source: Readable = gunzip ?? req;
+
+    const settle = (error: AppError | null) => {
+      if (settled) return;
+      settled = true;
+      req.off('data', countWire);
+      source.off('data', collect);
+      if (gunzip) {
+        req.unpipe(gunzip);
+        gunzip.destroy();
+      }
+      if (error) {
+        discardUnreadBody(req);
+        reject(error);
+      } else {
+        resolve(Buffer.concat(chunks, bodyBytes));
+      }
+    };
+    const countWire = (chunk: Buffer) => {
+      wireBytes += chunk.length;
+      if (wireBytes > maxBytes) settle(tooLarge(maxBytes));
+    };
+    const collect = (chunk: Buffer) => {
+      bodyBytes += chunk.length;
+      if (bodyBytes > maxBytes) {
+        settle(tooLarge(maxBytes, undefined, gunzip !== null));
+        return;
+      }
+      chunks.push(chunk);
+    };
+
+    req.on('data', countWire);
+    source.on('data', collect);
+    source.once('end', () => settle(null));
+    req.once('close', () => {
+      if (!req.readableEnded)
+        settle(new AppError('BAD_REQUEST', 'The request body ended before it was whole'));
+    });
+    req.on('error', () => settle(new AppError('BAD_REQUEST', 'The request body ended before it was whole')));
+    if (gunzip) {
+      gunzip.on('error', () => settle(new AppError('BAD_REQUEST', 'The request body is not valid gzip')));
+      req.pipe(gunzip);
+    }
+  });
+}
+
+function describeJson(value: unknown): string {
+  if (Array.isArray(value)) return 'an array';
+  if (value === null) return 'null';
+  return `a ${typeof value}`;
 }
 
 /** Rejects keys that could reach an object's prototype if code ever merged the body. */
@@ -35,50 +191,89 @@ function assertNoDangerousKeys(value: unknown, depth = 0): void {
   }
 }
 
-/** Reads a body no framework parser claimed (no content type), up to `maxBytes`. */
-async function readUnparsed(req: ParsedRequest, maxBytes: number): Promise<Buffer> {
-  if (req.rawBody) return req.rawBody;
-  if (req.readableEnded) return Buffer.alloc(0);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > maxBytes) {
-      req.destroy();
-      throw new AppError('PAYLOAD_TOO_LARGE', `The request body is over the limit of ${maxBytes} bytes`);
-    }
-    chunks.push(chunk as Buffer);
+/** The body as a JSON object: UTF-8 (a BOM is dropped), valid JSON, and an object. */
+export function parseJsonObject(bytes: Buffer): Record<string, unknown> {
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', {fatal: true}).decode(bytes);
+  } catch {
+    throw new AppError('INVALID_JSON', 'The request body is not valid UTF-8');
   }
-  return Buffer.concat(chunks);
+  if (text.trim() === '') {
+    throw validationError([{field: '(body)', message: 'a JSON object is required; the body is empty'}]);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new AppError('INVALID_JSON', 'The request body is not valid JSON');
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw validationError([
+      {field: '(body)', message: `a JSON object is required, not ${describeJson(value)}`},
+    ]);
+  }
+  assertNoDangerousKeys(value);
+  return value as Record<string, unknown>;
+}
+
+/** What a body was admitted as, before a byte of it was read. */
+export interface AdmittedBody {
+  /** JSON (application/json, any application/*+json, or no Content-Type), or one of the route's own types. */
+  mediaType: string;
+  json: boolean;
+  coding: 'identity' | 'gzip';
 }
 
 /**
- * Returns the JSON body of a request. JSON media types are parsed by the
- * framework already; a body without a content type (or as text/plain, which
- * some schedulers send) is parsed here; any other type is refused.
+ * Checks what can be checked before a byte of the body is read, and only then
+ * asks for it (100 Continue): the media type must be JSON (application/json,
+ * any application/*+json, or none at all, as curl sends) in UTF-8, or one of
+ * `otherTypes`, which the route reads itself, as sent; the coding identity or
+ * gzip; the Content-Length within `maxBytes`.
  */
-export async function readJsonBody(req: ParsedRequest, maxBytes: number): Promise<unknown> {
-  const declared = Number(req.headers['content-length']);
-  const size = req.rawBody?.length ?? (Number.isFinite(declared) ? declared : 0);
-  if (size > maxBytes) {
-    throw new AppError('PAYLOAD_TOO_LARGE', `The request body is ${size} bytes; the limit is ${maxBytes}`);
+export function admitBody(
+  req: IncomingMessage,
+  res: ServerResponse,
+  maxBytes: number,
+  otherTypes: readonly string[] = [],
+): AdmittedBody {
+  if ('body' in req || 'rawBody' in req) {
+    // A framework body parser ran before the function: the limits above it were not ours.
+    throw new AppError('SERVICE_ERROR', 'The request body was read before the function could check it');
   }
-  const type = mediaType(req);
-  let body: unknown;
-  if (isJsonType(type)) {
-    body = req.body;
-  } else if (type === '' || type === 'text/plain') {
-    const text =
-      typeof req.body === 'string' ? req.body : (await readUnparsed(req, maxBytes)).toString('utf8');
-    if (text.trim() === '') throw validationError([{field: '(body)', message: 'a JSON object is required'}]);
-    body = parseJsonText(text);
-  } else {
+  const media = mediaTypeOf(req);
+  const json = media === null || JSON_MEDIA_TYPE.test(media.type);
+  if (json && media?.charset !== undefined && media.charset !== 'utf-8' && media.charset !== 'utf8') {
+    throw new AppError('UNSUPPORTED_MEDIA_TYPE', `JSON must be UTF-8, not '${media.charset.slice(0, 40)}'`);
+  }
+  if (!json && !otherTypes.includes(media!.type)) {
     throw new AppError(
       'UNSUPPORTED_MEDIA_TYPE',
-      `Content-Type '${type.slice(0, 100)}' is not supported; send application/json`,
+      `Content-Type '${media!.type.slice(0, 100)}' is not supported; send ${['application/json', ...otherTypes].join(' or ')}`,
     );
   }
-  if (body === undefined) throw validationError([{field: '(body)', message: 'a JSON object is required'}]);
-  assertNoDangerousKeys(body);
-  return body;
+  const coding = contentCodingOf(req, res);
+  if (!json && coding !== 'identity') {
+    res.setHeader('Accept-Encoding', 'identity');
+    throw new AppError(
+      'UNSUPPORTED_MEDIA_TYPE',
+      `A ${media!.type} body is read as sent: no Content-Encoding`,
+    );
+  }
+  const declared = Number(req.headers['content-length']);
+  if (Number.isFinite(declared) && declared > maxBytes) {
+    throw tooLarge(maxBytes, declared);
+  }
+  grantContinue(req, res);
+  return {mediaType: media?.type ?? 'application/json', json, coding};
+}
+
+/** Reads an admitted JSON body, inflating it if gzip, and parses it: a JSON object. */
+export async function readJsonObject(
+  req: IncomingMessage,
+  admitted: AdmittedBody,
+  maxBytes: number,
+): Promise<Record<string, unknown>> {
+  return parseJsonObject(await readLimited(req, admitted.coding, maxBytes));
 }

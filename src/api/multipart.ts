@@ -91,7 +91,7 @@ export function readMultipart(
       if (settled) return;
       settled = true;
       req.off('data', onData);
-      // Leaves the rest on the wire: the answer closes the connection (see readRouteBody).
+      // Leaves the rest to readRouteBody, which discards it so the answer reaches the caller.
       req.pause();
       parser.destroy();
       reject(error);

@@ -6,10 +6,23 @@ import {ErrorBodySchema} from './views';
 
 /** Codes any operation may answer with; routes that need a key may also answer UNAUTHENTICATED. */
 const EVERY_ROUTE: ErrorCode[] = ['SERVICE_ERROR'];
+/** Codes of reading a request body (api/body.ts), for every operation that takes one. */
+const BODY_ERRORS: ErrorCode[] = [
+  'BAD_REQUEST',
+  'INVALID_JSON',
+  'VALIDATION_ERROR',
+  'PAYLOAD_TOO_LARGE',
+  'UNSUPPORTED_MEDIA_TYPE',
+];
 
 /** Error responses grouped by status, each listing its codes. */
 function errorResponses(route: Route): ZodOpenApiResponsesObject {
-  const codes = [...route.errors, ...EVERY_ROUTE, ...(route.open ? [] : ['UNAUTHENTICATED' as const])];
+  const codes = [
+    ...route.errors,
+    ...EVERY_ROUTE,
+    ...(route.body ? BODY_ERRORS : []),
+    ...(route.open ? [] : ['UNAUTHENTICATED' as const]),
+  ];
   const byStatus = new Map<number, ErrorCode[]>();
   for (const code of codes) {
     const status = HTTP_STATUS[code];

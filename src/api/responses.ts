@@ -3,6 +3,7 @@ import {AppError, isAppError, type ErrorCode} from '../core/errors';
 
 /** The one map from error codes to HTTP statuses. */
 export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = {
+  BAD_REQUEST: 400,
   INVALID_JSON: 400,
   VALIDATION_ERROR: 400,
   CONTENT_POLICY_VIOLATION: 400,
@@ -15,10 +16,12 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = {
   IMAGE_NOT_FOUND: 404,
   JOB_NOT_FOUND: 404,
   METHOD_NOT_ALLOWED: 405,
+  REQUEST_TIMEOUT: 408,
   REQUEST_IN_PROGRESS: 409,
   IDEMPOTENCY_KEY_REUSED: 422,
   PAYLOAD_TOO_LARGE: 413,
   UNSUPPORTED_MEDIA_TYPE: 415,
+  HEADERS_TOO_LARGE: 431,
   RATE_LIMIT_EXCEEDED: 429,
   QUOTA_EXCEEDED: 429,
   SERVICE_ERROR: 500,

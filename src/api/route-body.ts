@@ -1,45 +1,29 @@
-import type {ServerResponse} from 'node:http';
+import type {IncomingMessage, ServerResponse} from 'node:http';
 import type {Config} from '../config';
-import {AppError, isAppError} from '../core/errors';
-import {readJsonBody, type ParsedRequest} from './body';
+import {admitBody, discardUnreadBody, readJsonObject} from './body';
 import type {BodySpec} from './route';
-import {mediaTypeOf} from './streamed-bodies';
 
 /**
- * Reads a route's body as its spec says, within the route's limit: a media
- * type the route streams goes to its reader; anything else is read as JSON.
+ * Reads a route's body as its spec says, within the route's limit. Nothing is
+ * read before the media type, coding and declared length are checked
+ * (`admitBody`); then a media type the route streams goes to its reader, and
+ * JSON is read, inflated if gzip, and parsed, each only up to the limit.
  */
 export async function readRouteBody<B>(
   spec: BodySpec<B>,
-  req: ParsedRequest,
+  req: IncomingMessage,
   res: ServerResponse,
   config: Config,
 ): Promise<B> {
   const maxBytes = spec.maxBytes?.(config) ?? config.maxBodyBytes;
   const streamed = spec.streamed ?? {};
-  const reader = streamed[mediaTypeOf(req)];
-  if (reader) {
-    try {
-      return await reader.read(req, maxBytes);
-    } catch (error) {
-      // The rest of the body is left unread: the connection cannot carry another request.
-      if (!req.complete) res.setHeader('Connection', 'close');
-      throw error;
-    }
-  }
-  let json: unknown;
+  const admitted = admitBody(req, res, maxBytes, Object.keys(streamed));
+  if (admitted.json) return spec.parse(await readJsonObject(req, admitted, maxBytes));
   try {
-    json = await readJsonBody(req, maxBytes);
+    return await streamed[admitted.mediaType]!.read(req, maxBytes);
   } catch (error) {
-    if (isAppError(error) && error.code === 'UNSUPPORTED_MEDIA_TYPE') {
-      const others = Object.keys(streamed);
-      if (others.length > 0) throw new AppError(error.code, `${error.message} or ${others.join(', ')}`);
-    }
+    // What the reader left on the wire is read and thrown away, so the answer reaches the caller.
+    discardUnreadBody(req);
     throw error;
   }
-  const body = spec.parse(json);
-  // What the handler gets is parsed from these; a body of images should not be held twice more.
-  req.body = undefined;
-  req.rawBody = undefined;
-  return body;
 }

@@ -7,7 +7,6 @@ import type {IdempotentGenerator} from '../core/usecases/idempotency';
 import type {ReconcileReport} from '../core/usecases/reconcile';
 import type {Requester} from '../core/requester';
 import type {Logger} from '../logger';
-import type {ParsedRequest} from './body';
 import type {ImageLinker} from './urls';
 
 /** What the routes use, built once per instance by the composition root. */
@@ -37,17 +36,27 @@ export interface ResponseSpec {
   mediaTypes?: string[];
 }
 
-/** A JSON body: the schema documents it; `parse` validates it and gives what the handler gets. */
+/**
+ * A request body: the schema documents it; `parse` validates the JSON object
+ * the body reader gives and gives what the handler gets. JSON is always taken
+ * (application/json, any application/*+json, or no Content-Type at all).
+ */
 export interface BodySpec<B> {
   schema: z.ZodType;
   parse(body: unknown): B;
   /** The most bytes a body may have, in any media type; MAX_BODY_BYTES when not given. */
   maxBytes?: (config: Config) => number;
-  /** Media types besides JSON, by name (e.g. multipart/form-data): each read from the wire by its reader. */
+  /**
+   * Media types besides JSON, by name (e.g. multipart/form-data): each read
+   * from the wire by its reader, once its type, coding and declared length
+   * are checked. Any other type is 415.
+   */
   streamed?: Record<string, StreamedBodySpec<B>>;
+  /** The prompts a body carries: with LOG_PROMPTS=false no log line shows them, error messages included. */
+  prompts?(body: B): string[];
 }
 
-/** A body read as it arrives, never buffered by the Functions Framework (see api/streamed-bodies.ts). */
+/** A body the route's own reader takes off the wire as it arrives, within `maxBytes`. */
 export interface StreamedBodySpec<B> {
   /** What the OpenAPI document shows for this media type. */
   schema: z.ZodType;
@@ -55,7 +64,8 @@ export interface StreamedBodySpec<B> {
 }
 
 export interface RouteContext<P, Q, H, B> {
-  req: ParsedRequest;
+  /** The request; its body is unread unless the route has a body spec (then it is in `body`). */
+  req: IncomingMessage;
   res: ServerResponse;
   params: P;
   query: Q;

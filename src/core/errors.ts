@@ -5,10 +5,13 @@ import type {z} from 'zod';
  * decides which HTTP status a code maps to (api/responses.ts).
  */
 export const ERROR_CODES = [
+  'BAD_REQUEST',
   'INVALID_JSON',
   'VALIDATION_ERROR',
   'UNSUPPORTED_MEDIA_TYPE',
   'PAYLOAD_TOO_LARGE',
+  'HEADERS_TOO_LARGE',
+  'REQUEST_TIMEOUT',
   'UNAUTHENTICATED',
   'FORBIDDEN',
   'NOT_FOUND',
