@@ -222,6 +222,13 @@ export interface Config {
   log: {level: string; prompts: boolean};
 }
 
+/** Values no log line may show: the OpenAI key and every caller key. */
+export function secretValues(config: Config): string[] {
+  return [config.openai.apiKey, ...config.apiKeys.map(key => key.key)].filter(
+    (value): value is string => typeof value === 'string' && value !== '',
+  );
+}
+
 export class ConfigError extends Error {
   readonly problems: string[];
   constructor(problems: string[]) {

@@ -1,6 +1,6 @@
 import type {DestinationStream} from 'pino';
 import type {AppServices} from './api/route';
-import type {Config} from './config';
+import {secretValues, type Config} from './config';
 import type {ForeignObjects, MetadataStore, ObjectStore} from './core/ports';
 import {IdempotentGenerator} from './core/usecases/idempotency';
 import {withDeadlines} from './adapters/deadline';
@@ -57,7 +57,7 @@ export function createServices(config: Config, options: ServiceOptions = {}): Ap
 
   const provider = new OpenAIImageProvider({...config.openai, whileWaiting});
   let generator: IdempotentGenerator | undefined;
-  const logger = createLogger(config.log.level, options.logDestination);
+  const logger = createLogger(config.log.level, options.logDestination, secretValues(config));
 
   const runReconciler = async (scope: 'recent' | 'full', limit: number): Promise<ReconcileReport> => {
     const report = await reconcile(

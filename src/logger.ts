@@ -12,12 +12,75 @@ const SEVERITY: Record<string, string> = {
   fatal: 'CRITICAL',
 };
 
+/** Anything shaped like an OpenAI key (sk-..., sk-proj-..., sk-svcacct-...). */
+const OPENAI_KEY_SHAPE = /\bsk-[A-Za-z0-9][A-Za-z0-9_-]{15,}/g;
+/** Values shorter than this are not searched for: they would blank out ordinary words. */
+const MIN_SECRET_LENGTH = 8;
+const REDACTED = '[redacted]';
+
+/** The secrets each logger hides, so its children (which may add texts to hide) hide them too. */
+const secretsOf = new WeakMap<Logger, readonly string[]>();
+
+function replaceAll(text: string, value: string, by: string): string {
+  return value.length > 0 && text.includes(value) ? text.split(value).join(by) : text;
+}
+
+/** Hides configured secrets, key-shaped strings, and the given texts (as sent, or JSON-escaped). */
+function textScrubber(secrets: readonly string[], hidden: readonly string[]): (text: string) => string {
+  return text => {
+    let out = text;
+    for (const secret of secrets)
+      if (secret.length >= MIN_SECRET_LENGTH) out = replaceAll(out, secret, REDACTED);
+    out = out.replace(OPENAI_KEY_SHAPE, REDACTED);
+    for (const value of hidden) {
+      out = replaceAll(out, value, '[prompt]');
+      out = replaceAll(out, JSON.stringify(value).slice(1, -1), '[prompt]');
+    }
+    return out;
+  };
+}
+
+/** A copy of `value` with every string scrubbed, however deep (within reason). */
+function scrubDeep(
+  value: unknown,
+  scrub: (text: string) => string,
+  depth = 0,
+  seen = new Set<object>(),
+): unknown {
+  if (typeof value === 'string') return scrub(value);
+  if (typeof value !== 'object' || value === null) return value;
+  if (depth > 8 || seen.has(value)) return '[omitted]';
+  seen.add(value);
+  if (Array.isArray(value)) return value.map(item => scrubDeep(item, scrub, depth + 1, seen));
+  const toJSON = (value as {toJSON?: unknown}).toJSON;
+  if (typeof toJSON === 'function') return scrubDeep(toJSON.call(value), scrub, depth + 1, seen);
+  const copy: Record<string, unknown> = {};
+  for (const [key, item] of Object.entries(value)) copy[key] = scrubDeep(item, scrub, depth + 1, seen);
+  return copy;
+}
+
+/**
+ * The `err` serializer: pino's own (message and stack with every cause, the
+ * error's own fields), then every string in it scrubbed. Upstream errors can
+ * quote what was sent: the Authorization header, the prompt.
+ */
+function errorSerializer(secrets: readonly string[], hidden: readonly string[]): (err: unknown) => unknown {
+  const scrub = textScrubber(secrets, hidden);
+  return err => scrubDeep(pino.stdSerializers.err(err as Error), scrub);
+}
+
 /**
  * JSON lines on stdout in the shape Cloud Logging parses: `severity` and
  * `message` are lifted into the entry, the rest becomes its jsonPayload.
+ * `secrets` (the OpenAI key, the callers' keys) never appear in an error, its
+ * causes or its stack; neither does anything shaped like an OpenAI key.
  */
-export function createLogger(level: string, destination?: pino.DestinationStream): Logger {
-  return pino(
+export function createLogger(
+  level: string,
+  destination?: pino.DestinationStream,
+  secrets: readonly string[] = [],
+): Logger {
+  const logger = pino(
     {
       level,
       messageKey: 'message',
@@ -26,20 +89,42 @@ export function createLogger(level: string, destination?: pino.DestinationStream
       formatters: {
         level: label => ({severity: SEVERITY[label] ?? 'DEFAULT'}),
       },
+      serializers: {err: errorSerializer(secrets, [])},
       redact: {
         // Defence in depth: nothing should log these, but if something does, hide them.
         paths: [
           'apiKey',
           '*.apiKey',
           'headers.authorization',
-          '*.headers.authorization',
           'headers["x-api-key"]',
+          'headers.cookie',
+          '*.headers.authorization',
+          '*.headers["x-api-key"]',
+          '*.headers.cookie',
         ],
-        censor: '[redacted]',
+        censor: REDACTED,
       },
     },
     destination,
   );
+  secretsOf.set(logger, secrets);
+  return logger;
+}
+
+/**
+ * A child logger whose errors also hide `hidden`: the prompts of a request
+ * when LOG_PROMPTS=false. The list is read when a line is written, so texts
+ * added once the body is parsed are hidden from then on.
+ */
+export function childHiding(
+  logger: Logger,
+  bindings: Record<string, unknown>,
+  hidden: readonly string[],
+): Logger {
+  const secrets = secretsOf.get(logger) ?? [];
+  const child = logger.child(bindings, {serializers: {err: errorSerializer(secrets, hidden)}});
+  secretsOf.set(child, secrets);
+  return child;
 }
 
 /** Trace fields for a request, from X-Cloud-Trace-Context or W3C traceparent. */

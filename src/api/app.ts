@@ -2,7 +2,7 @@ import type {IncomingMessage, ServerResponse} from 'node:http';
 import {z} from 'zod';
 import {AppError, validationError, zodProblems} from '../core/errors';
 import type {Requester} from '../core/requester';
-import {traceFields, type Logger} from '../logger';
+import {childHiding, traceFields, type Logger} from '../logger';
 import {authenticate} from './auth';
 import {discardUnreadBody} from './body';
 import {sendError, toAppError} from './responses';
@@ -93,7 +93,9 @@ export function createApp(
 
   return async (req, res) => {
     const started = performance.now();
-    const log = logger.child(traceFields(req.headers, projectId));
+    // With LOG_PROMPTS=false the request's prompts join this list once its body is read.
+    const hidden: string[] = [];
+    const log = childHiding(logger, traceFields(req.headers, projectId), hidden);
     const labels: Record<string, string> = {};
     let failure: AppError | undefined;
     try {
@@ -121,6 +123,7 @@ export function createApp(
       const query = validate(route.query, queryOf(url));
       const headers = validate(route.headers, headersOf(route.headers, req));
       const body = route.body ? await readRouteBody(route.body, req, res, config) : undefined;
+      if (!config.log.prompts && route.body?.prompts) hidden.push(...route.body.prompts(body));
       let linker: ImageLinker | undefined;
       await route.handle({
         req,

@@ -87,6 +87,24 @@ describe('API keys, quotas and refused input', () => {
     expect(ctx.openai.requests).toHaveLength(0);
   });
 
+  test('an upstream error quoting the Authorization header and the prompt leaves neither in logs or answer', async () => {
+    ctx.openai.injectFault({kind: 'echo_secrets'});
+    const response = await postJson(
+      `${ctx.fn.url}/generate`,
+      {prompt: 'a confidential sketch of "otters" at dusk'},
+      {'x-api-key': BOB},
+    );
+    expect([response.status, response.body.code]).toEqual([502, 'UPSTREAM_ERROR']);
+    // The fake did quote both: what the function must keep out.
+    expect(JSON.stringify(ctx.openai.requests)).toContain('otters');
+    const logged = JSON.stringify(ctx.fn.logs);
+    const line = ctx.fn.logs.findLast(entry => entry.code === 'UPSTREAM_ERROR');
+    expect(JSON.stringify(line?.err)).toMatch(/\[redacted\].*\[prompt\]/);
+    for (const text of [logged, JSON.stringify(response.body)]) {
+      for (const secret of ['sk-test-key', 'otters', ALICE, BOB]) expect(text).not.toContain(secret);
+    }
+  });
+
   test('with LOG_PROMPTS=false no prompt and no key reaches the logs', () => {
     const logs = JSON.stringify(ctx.fn.logs);
     expect(ctx.fn.logs.some(line => line.message === 'generation started')).toBe(true);

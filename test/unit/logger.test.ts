@@ -1,5 +1,5 @@
 import {Writable} from 'node:stream';
-import {createLogger, traceFields} from '../../src/logger';
+import {childHiding, createLogger, traceFields} from '../../src/logger';
 
 describe('traceFields', () => {
   test('X-Cloud-Trace-Context gives the trace, span (hex) and sampling', () => {
@@ -49,5 +49,57 @@ describe('createLogger', () => {
         headers: {authorization: '[redacted]'},
       },
     ]);
+  });
+});
+
+describe('errors in logs', () => {
+  function capture(secrets: string[] = []) {
+    const lines: Record<string, unknown>[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
+        done();
+      },
+    });
+    return {lines, logger: createLogger('info', sink, secrets)};
+  }
+
+  test('never show a configured secret or an OpenAI-shaped key, in messages, causes, stacks or fields', () => {
+    const {lines, logger} = capture(['caller-key-0123456789', 'sk-configured-key']);
+    const root = new Error('upstream said: Bearer sk-configured-key');
+    const error = Object.assign(new Error('request failed for caller-key-0123456789', {cause: root}), {
+      body: {message: 'key sk-proj-abcdefghijklmnopqrstuvwxyz0123 is wrong'},
+      status: 401,
+    });
+    logger.error({err: error}, 'failed');
+    const text = JSON.stringify(lines);
+    for (const secret of ['caller-key-0123456789', 'sk-configured-key', 'sk-proj-abcdefghijkl']) {
+      expect(text).not.toContain(secret);
+    }
+    expect(lines[0]).toMatchObject({
+      err: {
+        type: 'Error',
+        message: 'request failed for [redacted]: upstream said: Bearer [redacted]',
+        stack: expect.stringContaining('caused by: Error: upstream said: Bearer [redacted]'),
+        body: {message: 'key [redacted] is wrong'},
+        status: 401,
+      },
+    });
+  });
+
+  test("a child hiding a request's prompts hides them as sent and as JSON-escaped, from when they are added", () => {
+    const {lines, logger} = capture();
+    const hidden: string[] = [];
+    const child = childHiding(logger, {request: 1}, hidden);
+    const prompt = 'a "quoted" lighthouse';
+    const upstream = new Error(`bad request (prompt: ${prompt}; as JSON: ${JSON.stringify(prompt)})`);
+    child.warn({err: upstream}, 'before');
+    hidden.push(prompt);
+    child.warn({err: upstream}, 'after');
+    expect((lines[0]!.err as {message: string}).message).toContain('lighthouse');
+    expect(lines[1]).toMatchObject({
+      request: 1,
+      err: {message: 'bad request (prompt: [prompt]; as JSON: "[prompt]")'},
+    });
   });
 });

@@ -20,6 +20,7 @@ function editRoute(path: string, operationId: string) {
       // Images travel in the body, as base64 JSON or as files.
       maxBytes: config => config.maxUploadBytes,
       streamed: {'multipart/form-data': {schema: EditFormSchema, read: readEditForm}},
+      prompts: body => [body.prompt],
     },
     responses: {200: {description: 'The completed job', schema: JobViewSchema}},
     errors: [

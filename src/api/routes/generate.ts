@@ -59,7 +59,7 @@ function generateRoute(path: string, operationId: string) {
     operationId,
     summary: 'Generate images and store them (rich or legacy payload)',
     headers: GenerateHeadersSchema,
-    body: {schema: GenerateBodySchema, parse: parseGenerateBody},
+    body: {schema: GenerateBodySchema, parse: parseGenerateBody, prompts: body => [body.prompt]},
     responses: {200: {description: 'The completed job', schema: JobViewSchema}},
     errors: [
       'INVALID_JSON',
