@@ -166,6 +166,16 @@ const EnvSchema = z.object({
   URL_SIGNING_SECRET: optionalText.pipe(z.string().min(32, 'must be at least 32 characters').optional()),
   /** Set by Cloud Run functions: the entry point, used in cloudfunctions.net URLs. */
   FUNCTION_TARGET: optionalText,
+  /**
+   * `true`: X-Forwarded-Proto and X-Forwarded-Host are the nearest proxy's
+   * (their last value) and stand for the connection's scheme and Host. The
+   * host still has to be one of the function's own.
+   */
+  TRUST_PROXY: booleanFlag(false),
+  /** Set by Cloud Run: the service's name. Its presence means the function runs on Cloud Run. */
+  K_SERVICE: optionalText,
+  /** The metadata server (host[:port]); only tests and emulators set it. */
+  GCE_METADATA_HOST: optionalText.transform(v => v ?? 'metadata.google.internal'),
 });
 
 /** Every variable the function reads. */
@@ -208,6 +218,10 @@ export interface Config {
     proxySigningKey: Buffer | null;
   };
   publicBaseUrl: string | undefined;
+  /** Whether the nearest proxy's X-Forwarded-Proto and X-Forwarded-Host are believed (TRUST_PROXY). */
+  trustProxy: boolean;
+  /** On Cloud Run (K_SERVICE set): the service, whose own URLs image links may use. */
+  cloudRun: {service: string; projectId: string | undefined; metadataHost: string} | null;
   maxBodyBytes: number;
   /** Largest edit body (images included). */
   maxUploadBytes: number;
@@ -324,6 +338,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
               .digest(),
     },
     publicBaseUrl: e.PUBLIC_BASE_URL?.replace(/\/+$/, ''),
+    trustProxy: e.TRUST_PROXY,
+    cloudRun: e.K_SERVICE
+      ? {
+          service: e.K_SERVICE,
+          projectId: e.GOOGLE_CLOUD_PROJECT ?? e.GCLOUD_PROJECT,
+          metadataHost: e.GCE_METADATA_HOST,
+        }
+      : null,
     maxBodyBytes: e.MAX_BODY_BYTES,
     maxUploadBytes: e.MAX_UPLOAD_BYTES,
     editSourceBuckets: e.EDIT_SOURCE_BUCKETS,

@@ -184,6 +184,8 @@ describe('env.yaml.example', () => {
       'URL_SIGNING_SECRET',
       'STORAGE_EMULATOR_HOST',
       'FUNCTION_TARGET',
+      'K_SERVICE',
+      'GCE_METADATA_HOST',
     ]);
     expect(Object.keys(env).sort()).toEqual(
       [...ENV_VARIABLES.filter(name => !notInFile.has(name)), 'NODE_OPTIONS'].sort(),
