@@ -243,6 +243,26 @@ export function secretValues(config: Config): string[] {
   );
 }
 
+/**
+ * What can be told of an environment whose configuration is invalid, for the
+ * probes: they keep answering, and say what is wrong.
+ */
+export function describeInvalidEnvironment(env: NodeJS.ProcessEnv): {
+  apiKeyConfigured: boolean;
+  storage: 'local' | 'gcs';
+  metadata: 'local' | 'firestore';
+  defaultModel: string;
+} {
+  const text = (name: string) => env[name]?.trim() || undefined;
+  const gcp = text('GCS_BUCKET') !== undefined;
+  return {
+    apiKeyConfigured: (text('OPENAI_API_KEY') ?? text('OPENAI_API')) !== undefined,
+    storage: gcp ? 'gcs' : 'local',
+    metadata: gcp ? 'firestore' : 'local',
+    defaultModel: text('DEFAULT_MODEL') ?? DEFAULT_MODEL_ID,
+  };
+}
+
 export class ConfigError extends Error {
   readonly problems: string[];
   constructor(problems: string[]) {

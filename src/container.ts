@@ -147,7 +147,7 @@ function createStores(config: Config): Stores {
     ignoreUndefinedProperties: true,
   });
   return {
-    objects: withDeadlines(
+    objects: withDeadlines<ObjectStore>(
       new GcsObjectStore(storage.bucket(bucket), {
         readBucket: readStorage.bucket(bucket),
         // In public mode PUBLIC_BASE_URL names where objects are served from (a CDN, say).
@@ -158,7 +158,7 @@ function createStores(config: Config): Stores {
       config.storageTimeoutMs,
       GCS_DEADLINES,
     ),
-    metadata: withDeadlines(
+    metadata: withDeadlines<MetadataStore>(
       new FirestoreMetadataStore(db, firestore.FieldPath),
       config.metadataTimeoutMs,
       FIRESTORE_DEADLINES,

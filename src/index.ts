@@ -3,10 +3,9 @@ import * as functions from '@google-cloud/functions-framework';
 import type {Request, Response} from '@google-cloud/functions-framework';
 import {createApp} from './api/app';
 import {installFrameworkAdapters, logFrameworkAnswersTo} from './api/framework';
-import {sendError} from './api/responses';
-import {ConfigError, loadConfig} from './config';
+import {createUnconfiguredApp} from './api/unconfigured';
+import {ConfigError, describeInvalidEnvironment, loadConfig} from './config';
 import {createServices, type ServiceOptions} from './container';
-import {AppError} from './core/errors';
 import {createLogger} from './logger';
 
 installFrameworkAdapters();
@@ -16,8 +15,9 @@ export type Handler = (req: Request, res: Response) => Promise<void>;
 /**
  * Builds a handler from an environment: configuration is read and checked
  * once, and the composition root builds everything else. A configuration
- * error answers every request with a clear SERVICE_ERROR instead of crashing
- * the instance.
+ * error does not crash the instance: the probes report it (GET /health 200
+ * with `config_errors`, GET /ready 503) and every other request answers a
+ * SERVICE_ERROR naming each bad variable.
  */
 export function createImageGenHandler(
   env: NodeJS.ProcessEnv = process.env,
@@ -27,9 +27,11 @@ export function createImageGenHandler(
   try {
     config = loadConfig(env);
   } catch (error) {
-    const message = error instanceof ConfigError ? error.message : 'Invalid configuration';
-    createLogger('info', options.logDestination).error({err: error}, message);
-    return async (_req, res) => sendError(res, new AppError('SERVICE_ERROR', message));
+    const problems = error instanceof ConfigError ? error.problems : ['the configuration could not be read'];
+    const logger = createLogger('info', options.logDestination);
+    logger.error({config_errors: problems}, `Invalid configuration: ${problems.join('; ')}`);
+    logFrameworkAnswersTo(logger);
+    return createUnconfiguredApp({...describeInvalidEnvironment(env), configErrors: problems}, logger);
   }
   const services = createServices(config, options);
   logFrameworkAnswersTo(services.logger);

@@ -150,7 +150,8 @@ export function createApp(
   };
 }
 
-function logAccess(
+/** The one access log line of a request. */
+export function logAccess(
   log: Logger,
   req: IncomingMessage,
   res: ServerResponse,

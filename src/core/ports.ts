@@ -121,6 +121,8 @@ export interface ObjectStore {
   publicUrl?(path: string): string;
   /** Cloud Storage only: gs://bucket/path, for GCP callers that read the object directly. */
   uri?(path: string): string;
+  /** Proves a write would succeed, where that is cheap (a local disk); readiness calls it. */
+  checkWritable?(): Promise<void>;
 }
 
 /** Position in the newest-first job order: the last job of a page. */
@@ -229,4 +231,6 @@ export interface MetadataStore {
   listQuotaReservations(before: Date, limit: number): Promise<QuotaReservation[]>;
   /** Cheap round trip to prove the store answers (readiness). */
   ping(): Promise<void>;
+  /** Proves a write would succeed, where that is cheap (a local disk); readiness calls it. */
+  checkWritable?(): Promise<void>;
 }

@@ -312,6 +312,7 @@ describe('imageGen end to end, local store', () => {
       timestamp: expect.any(String),
       storage: {kind: 'local', ok: true},
       metadata: {kind: 'local', ok: true},
+      openai: {ok: true},
       default_model: 'gpt-image-2.6-sunburst',
     });
   });
@@ -418,10 +419,13 @@ describe('imageGen configuration problems', () => {
       UPSTREAM_TIMEOUT_SECONDS: 'soon',
     });
     try {
-      const {status, body} = await getJson(`${fn.url}/health`);
+      const {status, body} = await getJson(`${fn.url}/models`);
       expect([status, body.code]).toEqual([500, 'SERVICE_ERROR']);
       expect(body.error).toMatch(/DEFAULT_MODEL/);
       expect(body.error).toMatch(/UPSTREAM_TIMEOUT_SECONDS/);
+      const health = await getJson(`${fn.url}/health`);
+      expect(health.status).toBe(200);
+      expect(health.body.config_errors).toHaveLength(2);
     } finally {
       await fn.close();
     }

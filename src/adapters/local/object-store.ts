@@ -188,6 +188,15 @@ export class LocalObjectStore implements ObjectStore {
     );
   }
 
+  /** Proves both directories take a new file: writes a temporary file, as every write does, and removes it. */
+  async checkWritable(): Promise<void> {
+    for (const root of [this.objectsRoot, this.metaRoot]) {
+      const probe = tempPathFor(path.join(root, 'ready-check'));
+      await this.writeNew(probe, '');
+      await this.unlinkQuietly(probe);
+    }
+  }
+
   /**
    * Creates `file` with `data`, whole or not at all; fails with EEXIST if it
    * exists. The temporary file is removed whatever happens.

@@ -377,6 +377,11 @@ export class SqliteMetadataStore implements MetadataStore {
     (await this.sql()).get('SELECT 1');
   }
 
+  /** Proves the database takes a write: takes the write lock, as every write does, and lets it go. */
+  async checkWritable(): Promise<void> {
+    inWriteTransaction((await this.sql()).db, () => undefined);
+  }
+
   /** Closes the database; the next call opens it again. */
   async close(): Promise<void> {
     const opening = this.opening;
