@@ -26,6 +26,21 @@ function compile(route: Route): CompiledRoute {
   return {route, pattern: new RegExp(`^${source}/?$`), names};
 }
 
+/**
+ * The request target as a URL. A path is never read as a URL of its own
+ * (`//host/x` is a path here, not another host); the absolute form
+ * (`http://host/x`) gives its path and query.
+ */
+export function requestTarget(req: IncomingMessage): URL {
+  const target = req.url ?? '/';
+  try {
+    if (/^https?:\/\//i.test(target)) return new URL(target);
+    return new URL(`http://function.invalid${target.startsWith('/') ? '' : '/'}${target}`);
+  } catch {
+    throw new AppError('BAD_REQUEST', 'The request target is not a valid URL');
+  }
+}
+
 function decodeParam(value: string): string {
   try {
     return decodeURIComponent(value);
@@ -99,7 +114,7 @@ export function createApp(
     const labels: Record<string, string> = {};
     let failure: AppError | undefined;
     try {
-      const url = new URL(req.url ?? '/', 'http://function.invalid');
+      const url = requestTarget(req);
       const onPath = compiled.filter(candidate => candidate.pattern.test(url.pathname));
       if (onPath.length === 0) throw new AppError('NOT_FOUND', `No route for ${url.pathname.slice(0, 200)}`);
       const method = (req.method ?? 'GET').toUpperCase() as Method;

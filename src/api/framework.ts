@@ -114,10 +114,24 @@ function adoptServer(server: unknown): void {
   if (!isFrameworkServer(server) || adoptedServers.has(server)) return;
   adoptedServers.add(server);
   server.on('clientError', answerClientError);
+  // Node answers a missing Host itself, with an empty 400; the request is let through and refused below.
+  (server as {requireHostHeader?: boolean}).requireHostHeader = false;
+  // Without a listener Node drops a CONNECT request's connection with no answer.
+  server.on('connect', (req: IncomingMessage, socket: Socket) => {
+    answerOnSocket(socket, new AppError('METHOD_NOT_ALLOWED', 'CONNECT is not allowed here'));
+    log?.warn(
+      {httpRequest: {requestMethod: req.method, status: 405}, code: 'METHOD_NOT_ALLOWED'},
+      'CONNECT refused',
+    );
+  });
   server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
     deferContinue(req, res);
     server.emit('request', req, res);
   });
+  // Node answers any other expectation with an empty 417; RFC 9110 lets a server ignore it instead.
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) =>
+    server.emit('request', req, res),
+  );
 }
 
 function clientErrorOf(error: Error & {code?: string}): AppError {
@@ -133,14 +147,8 @@ function clientErrorOf(error: Error & {code?: string}): AppError {
   }
 }
 
-/** Node's own answer to a malformed request, as our JSON error (and, like Node's, the end of the connection). */
-function answerClientError(error: Error & {code?: string}, socket: Socket): void {
-  const inFlight = (socket as {_httpMessage?: ServerResponse | null})._httpMessage;
-  if (error.code === 'ECONNRESET' || !socket.writable || inFlight?.headersSent) {
-    socket.destroy();
-    return;
-  }
-  const refusal = clientErrorOf(error);
+/** Writes our JSON error straight to a socket no response object owns, and closes it once written. */
+function answerOnSocket(socket: Socket, refusal: AppError): number {
   const status = HTTP_STATUS[refusal.code];
   const payload = JSON.stringify(errorBody(refusal));
   socket.end(
@@ -152,6 +160,18 @@ function answerClientError(error: Error & {code?: string}, socket: Socket): void
       payload,
   );
   socket.destroySoon();
+  return status;
+}
+
+/** Node's own answer to a malformed request, as our JSON error (and, like Node's, the end of the connection). */
+function answerClientError(error: Error & {code?: string}, socket: Socket): void {
+  const inFlight = (socket as {_httpMessage?: ServerResponse | null})._httpMessage;
+  if (error.code === 'ECONNRESET' || !socket.writable || inFlight?.headersSent) {
+    socket.destroy();
+    return;
+  }
+  const refusal = clientErrorOf(error);
+  const status = answerOnSocket(socket, refusal);
   log?.warn(
     {
       httpRequest: {status, remoteIp: socket.remoteAddress},
@@ -194,6 +214,9 @@ function unhandledError(req: IncomingMessage, error: unknown): AppError {
   };
   const known = typeof type === 'string' ? KNOWN_ERRORS[type] : undefined;
   if (known) return new AppError(known.code, known.message, {cause: error});
+  if ((error as {missingHost?: unknown}).missingHost) {
+    return new AppError('BAD_REQUEST', 'An HTTP/1.1 request needs a Host header');
+  }
   if (typeof message === 'string' && message.startsWith('Failed to decode param')) {
     return new AppError('BAD_REQUEST', 'The path has a malformed %-escape', {cause: error});
   }
@@ -214,7 +237,12 @@ export function installFrameworkAdapters(): void {
     if (callback) return original.call(this, req, res, callback);
     adoptApp(this);
     adoptServer((req.socket as {server?: unknown} | null)?.server);
-    return original.call(this, req, res, (err?: unknown) => answerUnhandled(req, res, err));
+    const done = (err?: unknown) => answerUnhandled(req, res, err);
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400 (Node's own check is turned off above).
+    if (req.httpVersion === '1.1' && req.headers.host === undefined) {
+      return done(Object.assign(new Error('missing Host'), {status: 400, missingHost: true}));
+    }
+    return original.call(this, req, res, done);
   };
   express.application.handle = patchedHandle;
   // The server is adopted when it starts listening, before its first connection.

@@ -1,7 +1,7 @@
 import type {IncomingMessage, ServerResponse} from 'node:http';
 import {AppError} from '../core/errors';
 import type {Logger} from '../logger';
-import {logAccess} from './app';
+import {logAccess, requestTarget} from './app';
 import {discardUnreadBody} from './body';
 import {sendError, sendJson} from './responses';
 import {healthBody, readinessBody, type ProbeFacts} from './routes/probes';
@@ -19,8 +19,13 @@ export function createUnconfiguredApp(
   const notChecked = {ok: false, reason: 'not checked: the configuration is invalid'};
   return async (req, res) => {
     const started = performance.now();
-    const path = new URL(req.url ?? '/', 'http://function.invalid').pathname.replace(/(.)\/$/, '$1');
-    const probe = req.method === 'GET' || req.method === 'HEAD' ? path : undefined;
+    let probe: string | undefined;
+    try {
+      const path = requestTarget(req).pathname.replace(/(.)\/$/, '$1');
+      if (req.method === 'GET' || req.method === 'HEAD') probe = path;
+    } catch {
+      // Not a probe, then.
+    }
     let failure: AppError | undefined;
     if (probe === '/health') {
       sendJson(res, 200, healthBody(facts));

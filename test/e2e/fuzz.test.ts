@@ -1,10 +1,14 @@
+import {gzipSync} from 'node:zlib';
 import fc from 'fast-check';
 import {ERROR_CODES} from '../../src/core/errors';
 import {MODEL_CATALOGUE} from '../../src/core/models';
+import {useFunctionWithFakeOpenAI} from '../support/function-server';
+import {chunkFrame, errorOf, rawRequest} from '../support/raw-http';
+import {useTempDir} from '../support/temp-dir';
 
 const MODEL_IDS = MODEL_CATALOGUE.map(entry => entry.id);
-import {useFunctionWithFakeOpenAI} from '../support/function-server';
-import {useTempDir} from '../support/temp-dir';
+/** MAX_BODY_BYTES of the raw-request property: small, so bodies past it are cheap to send. */
+const RAW_LIMIT = 4096;
 
 /** Values of every JSON type, to put where a field expects one type. */
 const anyJson = fc.oneof(
@@ -139,5 +143,169 @@ describe('any body: never a 5xx, always a JSON error with a stable code', () => 
     // Both sides were exercised: some requests were accepted, many refused.
     expect(seen.get(200)).toBeGreaterThan(20);
     expect(seen.get(400)).toBeGreaterThan(200);
+  }, 180_000);
+});
+
+/** Raw requests: paths, escapes, methods, encodings, media types, framing and headers no client library would send. */
+const segment = fc.oneof(
+  fc.constantFrom('generate', 'jobs', 'images', 'url', 'health', 'ready', 'models', 'openapi.json', 'tasks'),
+  fc.constantFrom('reconcile', 'favicon.ico', 'robots.txt', '', '.', '..'),
+  fc.uuid(),
+  fc.constantFrom('%', '%Z1', '%E0%A4%A', '%00', '%2F', '%2e%2e', '%C0%AF', '%FF', '%ZZ%', '%%', '%u00e9'),
+  fc.stringMatching(/^[A-Za-z0-9._~!$&'()*+,;=:@-]{0,12}$/),
+);
+const query = fc
+  .array(
+    fc.tuple(
+      fc.constantFrom(
+        'limit',
+        'cursor',
+        'status',
+        'metadata.__x__',
+        'metadata.tag',
+        'expires',
+        'signature',
+        '%',
+        'x',
+      ),
+      fc.constantFrom('1', '0', '1e9', '%%', '%E0%A4', 'completed', '', 'a'.repeat(600)),
+    ),
+    {maxLength: 3},
+  )
+  .map(pairs => pairs.map(([name, value]) => `${name}=${value}`).join('&'));
+const target = fc.oneof(
+  {weight: 8, arbitrary: fc.array(segment, {maxLength: 4}).map(parts => `/${parts.join('/')}`)},
+  {
+    weight: 1,
+    arbitrary: fc.constantFrom('*', '//', '/?', 'http://evil.example.com/health', `/${'a'.repeat(9000)}`),
+  },
+);
+const method = fc.constantFrom(
+  'GET',
+  'POST',
+  'POST',
+  'POST',
+  'DELETE',
+  'HEAD',
+  'OPTIONS',
+  'PUT',
+  'PATCH',
+  'BREW',
+  'get',
+);
+
+const rawHeader = fc.oneof(
+  fc.tuple(
+    fc.constant('Content-Type'),
+    fc.constantFrom(
+      'application/json',
+      'application/vnd.api+json',
+      'application/json; charset=utf-16',
+      'text/plain',
+      'application/x-www-form-urlencoded',
+      'multipart/form-data; boundary=x',
+      'garbage',
+      '',
+    ),
+  ),
+  fc.tuple(
+    fc.constant('Content-Encoding'),
+    fc.constantFrom('gzip', 'deflate', 'br', 'zstd', 'identity', 'x-garbage', 'gzip, br', ''),
+  ),
+  fc.tuple(fc.constant('Expect'), fc.constantFrom('100-continue', 'nonsense')),
+  fc.tuple(
+    fc.constant('X-Padding'),
+    fc.constantFrom(10, 8000, 20_000).map(n => 'p'.repeat(n)),
+  ),
+  fc.tuple(fc.constantFrom('Idempotency-Key', 'X-API-Key', 'Authorization'), fc.string({maxLength: 40})),
+  fc.tuple(
+    fc.constantFrom('X-Forwarded-Host', 'X-Forwarded-Proto'),
+    fc.constantFrom('evil.example.com', 'https'),
+  ),
+  fc.tuple(fc.constant('X-Odd'), fc.constantFrom('caf\u00e9', 'a\u0000b', '\u0007', ' padded ', '\u2603')),
+  fc.tuple(fc.constant('Transfer-Encoding'), fc.constantFrom('gzip', 'chunked, gzip', 'identity')),
+);
+
+const jsonBody = fc.oneof(
+  fc.constant('{"prompt":"a raw kite"}'),
+  fc.constant('{"prompt":'),
+  fc.constant('[]'),
+  fc.jsonValue({maxDepth: 2}).map(value => JSON.stringify(value)),
+);
+const bodyBytes = fc.oneof(
+  jsonBody.map(text => ({bytes: Buffer.from(text), gzip: false})),
+  jsonBody.map(text => ({bytes: gzipSync(text), gzip: true})),
+  fc.uint8Array({maxLength: 200}).map(bytes => ({bytes: Buffer.from(bytes), gzip: false})),
+  fc.constant({bytes: Buffer.alloc(RAW_LIMIT * 2, 0x20), gzip: false}),
+  fc.constant({bytes: gzipSync(Buffer.alloc(RAW_LIMIT * 64, 0x20)), gzip: true}),
+);
+/** How the body is framed; a declared length past the limit is sent without its body. */
+const framing = fc.constantFrom('none', 'length', 'chunked', 'declared-only');
+
+const rawExchange = fc.record({
+  method,
+  target,
+  query: fc.option(query, {nil: undefined}),
+  headers: fc.array(rawHeader, {maxLength: 5}),
+  manyHeaders: fc.constantFrom(0, 0, 0, 150),
+  body: bodyBytes,
+  framing,
+  chunkSize: fc.integer({min: 1, max: 4096}),
+});
+
+type RawExchange = typeof rawExchange extends fc.Arbitrary<infer T> ? T : never;
+
+function requestOf(exchange: RawExchange): {head: string; body?: Buffer} {
+  const lines = [
+    `${exchange.method} ${exchange.target}${exchange.query ? `?${exchange.query}` : ''} HTTP/1.1`,
+    'Host: localhost',
+    ...exchange.headers.map(([name, value]) => `${name}: ${value}`),
+    ...Array.from({length: exchange.manyHeaders}, (_, i) => `X-Many-${i}: ${i}`),
+  ];
+  const {bytes} = exchange.body;
+  switch (exchange.framing) {
+    case 'none':
+      return {head: lines.join('\r\n')};
+    case 'length':
+      return {head: [...lines, `Content-Length: ${bytes.length}`].join('\r\n'), body: bytes};
+    case 'declared-only':
+      return {head: [...lines, `Content-Length: ${RAW_LIMIT * 1024}`].join('\r\n')};
+    case 'chunked': {
+      const frames: Buffer[] = [];
+      for (let at = 0; at < bytes.length; at += exchange.chunkSize) {
+        frames.push(chunkFrame(bytes.subarray(at, at + exchange.chunkSize)));
+      }
+      frames.push(Buffer.from('0\r\n\r\n'));
+      return {head: [...lines, 'Transfer-Encoding: chunked'].join('\r\n'), body: Buffer.concat(frames)};
+    }
+  }
+}
+
+describe('any raw request: an answer, in JSON, never a 5xx, every error with a stable code', () => {
+  const dataDir = useTempDir();
+  const codes = new Set<string>(ERROR_CODES);
+  const ctx = useFunctionWithFakeOpenAI(() => ({
+    DATA_DIR: dataDir(),
+    UPSTREAM_MAX_RETRIES: '0',
+    MAX_BODY_BYTES: String(RAW_LIMIT),
+    LOG_LEVEL: 'error',
+  }));
+
+  test('1000 generated requests', async () => {
+    const seen = new Map<number, number>();
+    await fc.assert(
+      fc.asyncProperty(rawExchange, async exchange => {
+        const response = await rawRequest(ctx.fn.url, requestOf(exchange));
+        seen.set(response.status, (seen.get(response.status) ?? 0) + 1);
+        expect(response.status).toBeLessThan(500);
+        expect(response.headers['content-type']).toMatch(/^application\/json/);
+        if (response.status >= 400 && exchange.method !== 'HEAD') {
+          expect(codes.has(errorOf(response).code)).toBe(true);
+        }
+      }),
+      {numRuns: 1000, seed: 20261201},
+    );
+    // Many kinds of refusal were met, and some requests got through.
+    expect([...seen.keys()]).toEqual(expect.arrayContaining([200, 400, 404, 405, 413, 415, 431]));
   }, 180_000);
 });

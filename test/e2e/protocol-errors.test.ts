@@ -32,6 +32,14 @@ const CASES: [string, number, string, {head: string; body?: string}][] = [
   ],
   ['an unknown method', 400, 'BAD_REQUEST', {head: 'BREW /health HTTP/1.1\r\nHost: localhost'}],
   ['not HTTP at all', 400, 'BAD_REQUEST', {head: 'hello there'}],
+  ['an HTTP/1.1 request without Host', 400, 'BAD_REQUEST', {head: 'GET /health HTTP/1.1'}],
+  [
+    'a path that looks like another host',
+    404,
+    'NOT_FOUND',
+    {head: 'GET //evil.example.com/health HTTP/1.1\r\nHost: localhost'},
+  ],
+  ['CONNECT', 405, 'METHOD_NOT_ALLOWED', {head: 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443'}],
   [
     'a Content-Length that is not a number',
     400,

@@ -67,7 +67,8 @@ export function rawRequest(baseUrl: string, request: RawRequest): Promise<RawRes
           received = received.subarray(end + 4);
           continue;
         }
-        const length = Number(head.headers['content-length']);
+        // A response to HEAD has headers only.
+        const length = request.head.startsWith('HEAD ') ? 0 : Number(head.headers['content-length']);
         if (!Number.isFinite(length)) {
           finish(new Error(`response without Content-Length: ${received.toString('latin1').slice(0, 300)}`));
           return;
