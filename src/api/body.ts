@@ -13,9 +13,12 @@ export type ParsedRequest = IncomingMessage;
 /**
  * After a body is refused, the rest of it is read and thrown away, so the
  * caller gets the answer instead of a reset connection (a socket closed with
- * unread data resets). Past this many bytes the connection is cut instead.
+ * unread data resets, and the peer may lose the answer). Past this many bytes
+ * the connection is half-closed after the answer, the rest discarded for
+ * DISCARD_LINGER_MS more, and then closed.
  */
 export const DISCARD_LIMIT_BYTES = 32 * 1024 * 1024;
+export const DISCARD_LINGER_MS = 2000;
 
 const DANGEROUS_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
 
@@ -103,15 +106,21 @@ function grantContinue(req: IncomingMessage, res: ServerResponse): void {
 }
 
 /**
- * Reads what is left of a body nobody wants and throws it away, up to
- * DISCARD_LIMIT_BYTES; past that, the connection is cut.
+ * Reads what is left of a body nobody wants and throws it away, keeping the
+ * connection, up to DISCARD_LIMIT_BYTES; past that, a lingering close.
  */
 export function discardUnreadBody(req: IncomingMessage): void {
   if (req.readableEnded || req.destroyed || awaitingContinue.has(req)) return;
   let discarded = 0;
+  let closing = false;
   req.on('data', (chunk: Buffer) => {
     discarded += chunk.length;
-    if (discarded > DISCARD_LIMIT_BYTES) req.socket?.destroy();
+    if (closing || discarded <= DISCARD_LIMIT_BYTES) return;
+    closing = true;
+    const socket = req.socket;
+    // FIN once the answer is out: the caller learns no more is read, and has time to read the answer.
+    socket.end();
+    setTimeout(() => socket.destroy(), DISCARD_LINGER_MS).unref();
   });
   req.on('error', () => undefined);
   req.resume();

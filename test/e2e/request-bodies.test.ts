@@ -1,6 +1,7 @@
 import {gzipSync} from 'node:zlib';
 import {getTestServer} from '@google-cloud/functions-framework/testing';
 import * as functions from '@google-cloud/functions-framework';
+import {DISCARD_LIMIT_BYTES} from '../../src/api/body';
 import {installFrameworkAdapters} from '../../src/api/framework';
 import {useFunctionWithFakeOpenAI} from '../support/function-server';
 import {chunkFrame, chunksOf, errorOf, rawRequest} from '../support/raw-http';
@@ -71,6 +72,18 @@ describe('bodies are refused on the wire and as inflated, before anything else r
       head: head(['Transfer-Encoding: chunked']),
       stream: [...[...chunksOf(64 * 1024, 128)].map(chunkFrame), Buffer.from('0\r\n\r\n')],
     });
+    expect(errorOf(response)).toMatchObject({status: 413, code: 'PAYLOAD_TOO_LARGE'});
+    expect(ctx.openai.requests).toHaveLength(0);
+  });
+
+  test('a client that reads only after sending far past the limit still gets the 413 (lingering close)', async () => {
+    // More than the function discards before it closes its side: it must not reset the connection on the answer.
+    const response = await rawRequest(ctx.fn.url, {
+      head: head(['Content-Type: application/json', 'Transfer-Encoding: chunked']),
+      stream: [...[...chunksOf(256 * 1024, 192)].map(chunkFrame), Buffer.from('0\r\n\r\n')],
+      readAfterSending: true,
+    });
+    expect(response.bodyBytesSent).toBeGreaterThan(DISCARD_LIMIT_BYTES);
     expect(errorOf(response)).toMatchObject({status: 413, code: 'PAYLOAD_TOO_LARGE'});
     expect(ctx.openai.requests).toHaveLength(0);
   });

@@ -21,6 +21,8 @@ export interface RawRequest {
    * response can arrive while the body is still being sent.
    */
   stream?: Iterable<Buffer>;
+  /** Read nothing until the whole request is written, as a client that only sends and then reads. */
+  readAfterSending?: boolean;
 }
 
 function parseHead(text: string): {status: number; headers: Record<string, string>} {
@@ -98,6 +100,7 @@ export function rawRequest(baseUrl: string, request: RawRequest): Promise<RawRes
       );
     });
     socket.on('connect', () => {
+      if (request.readAfterSending) socket.pause();
       socket.write(`${request.head}\r\n\r\n`);
       if (request.body !== undefined) {
         const bytes = Buffer.from(request.body);
@@ -115,6 +118,7 @@ export function rawRequest(baseUrl: string, request: RawRequest): Promise<RawRes
             return;
           }
         }
+        if (request.readAfterSending) socket.write('', () => socket.resume());
       };
       pump();
     });
