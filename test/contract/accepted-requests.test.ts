@@ -103,6 +103,8 @@ async function roundTrip(
     objects: new MemoryObjectStore(),
     metadata: store,
     codec: new HeaderImageCodec(),
+    ownBucket: null,
+    sourceBuckets: [],
   };
   const job = await generateImages(deps, command, {jobId: randomUUID(), owner: jobOwner, leaseMs: 360_000});
   expect(job.status).toBe('completed');

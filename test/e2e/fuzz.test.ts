@@ -148,7 +148,18 @@ describe('any body: never a 5xx, always a JSON error with a stable code', () => 
 
 /** Raw requests: paths, escapes, methods, encodings, media types, framing and headers no client library would send. */
 const segment = fc.oneof(
-  fc.constantFrom('generate', 'jobs', 'images', 'url', 'health', 'ready', 'models', 'openapi.json', 'tasks'),
+  fc.constantFrom(
+    'generate',
+    'edits',
+    'jobs',
+    'images',
+    'url',
+    'health',
+    'ready',
+    'models',
+    'openapi.json',
+    'tasks',
+  ),
   fc.constantFrom('reconcile', 'favicon.ico', 'robots.txt', '', '.', '..'),
   fc.uuid(),
   fc.constantFrom('%', '%Z1', '%E0%A4%A', '%00', '%2F', '%2e%2e', '%C0%AF', '%FF', '%ZZ%', '%%', '%u00e9'),
