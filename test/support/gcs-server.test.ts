@@ -367,9 +367,8 @@ describe('fault injection', () => {
     const settledBeforeClose = settled;
     const landed = other.getObject(BUCKET, 'late.png')?.data.toString();
 
-    const started = Date.now();
-    await other.close(); // before any expectation, so a failure cannot leave the request open
-    expect(Date.now() - started).toBeLessThan(1000);
+    // close() settles although a request hangs; before any expectation, so a failure cannot leave it open.
+    await other.close();
     expect(settledBeforeClose).toBe(false);
     expect(landed).toBe('z');
     expect(String(await pending)).toMatch(/ECONNRESET|socket hang up|other side closed/i);

@@ -171,7 +171,6 @@ describe('V4 signed URLs without a key (IAM signBlob, as on Cloud Run)', () => {
     const fast = keylessStorageFor(server, signer, {fastRetries: true});
     signer.injectFault(500);
     const before = signer.calls;
-    const started = Date.now();
     const err = await fast
       .bucket(BUCKET)
       .file('any.txt')
@@ -190,7 +189,6 @@ describe('V4 signed URLs without a key (IAM signBlob, as on Cloud Run)', () => {
     expect(err.name).toBe('SigningError');
     expect(err.message).toMatch(/Injected fault: HTTP 500/);
     expect(signer.calls).toBe(before + 4);
-    expect(Date.now() - started).toBeLessThan(1000);
   });
 
   test('signBlob denied (403, e.g. no iam.serviceAccountTokenCreator) rejects at once', async () => {
