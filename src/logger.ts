@@ -127,6 +127,11 @@ export function childHiding(
   return child;
 }
 
+/** A request URL as logged: a signed image link's signature is a credential, so it is hidden. */
+export function urlForLog(url: string | undefined): string | undefined {
+  return url?.replace(/([?&]signature=)[^&#]*/gi, `$1${REDACTED}`);
+}
+
 /** Trace fields for a request, from X-Cloud-Trace-Context or W3C traceparent. */
 export function traceFields(
   headers: Record<string, string | string[] | undefined>,

@@ -2,7 +2,7 @@ import type {IncomingMessage, ServerResponse} from 'node:http';
 import {z} from 'zod';
 import {AppError, validationError, zodProblems} from '../core/errors';
 import type {Requester} from '../core/requester';
-import {childHiding, traceFields, type Logger} from '../logger';
+import {childHiding, traceFields, urlForLog, type Logger} from '../logger';
 import {authenticate} from './auth';
 import {discardUnreadBody} from './body';
 import {sendError, toAppError} from './responses';
@@ -176,10 +176,11 @@ export function logAccess(
 ): void {
   const latencyMs = performance.now() - started;
   const status = res.statusCode;
+  const url = urlForLog(req.url);
   const entry: Record<string, unknown> = {
     httpRequest: {
       requestMethod: req.method,
-      requestUrl: req.url,
+      requestUrl: url,
       status,
       latency: `${(latencyMs / 1000).toFixed(3)}s`,
       userAgent: req.headers['user-agent'],
@@ -194,5 +195,5 @@ export function logAccess(
     if (status >= 500) entry.err = failure.cause ?? failure;
   }
   const level = status >= 500 ? 'error' : status >= 400 ? 'warn' : 'info';
-  log[level](entry, `${req.method} ${req.url} ${status}`);
+  log[level](entry, `${req.method} ${url} ${status}`);
 }

@@ -3,7 +3,7 @@ import {Server, type IncomingMessage, type ServerResponse} from 'node:http';
 import {createRequire} from 'node:module';
 import type {Socket} from 'node:net';
 import {AppError, type ErrorCode} from '../core/errors';
-import type {Logger} from '../logger';
+import {urlForLog, type Logger} from '../logger';
 import {deferContinue, discardUnreadBody} from './body';
 import {errorBody, HTTP_STATUS, sendError} from './responses';
 
@@ -191,7 +191,7 @@ function answerUnhandled(req: IncomingMessage, res: ServerResponse, error: unkno
   const entry: Record<string, unknown> = {
     httpRequest: {
       requestMethod: req.method,
-      requestUrl: req.url?.slice(0, 2000),
+      requestUrl: urlForLog(req.url?.slice(0, 2000)),
       status,
       userAgent: req.headers['user-agent'],
       remoteIp: req.socket.remoteAddress,
@@ -199,7 +199,10 @@ function answerUnhandled(req: IncomingMessage, res: ServerResponse, error: unkno
     code: refusal.code,
   };
   if (status >= 500) entry.err = error;
-  log?.[status >= 500 ? 'error' : 'warn'](entry, `${req.method} ${req.url?.slice(0, 200)} ${status}`);
+  log?.[status >= 500 ? 'error' : 'warn'](
+    entry,
+    `${req.method} ${urlForLog(req.url?.slice(0, 200))} ${status}`,
+  );
 }
 
 function unhandledError(req: IncomingMessage, error: unknown): AppError {

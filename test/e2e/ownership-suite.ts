@@ -210,6 +210,11 @@ export function ownershipSuite(name: string, backend: OwnershipBackend): void {
       } finally {
         clockAheadMs = 0;
       }
+      // The signature is a credential: the access log keeps the URL without it.
+      const logged = JSON.stringify(fn.logs);
+      expect(logged).toContain(`/images/${carolJob.images[0].id}?expires=`);
+      for (const value of [signed.searchParams.get('signature')!, flipped])
+        expect(logged).not.toContain(value);
     });
   });
 

@@ -1,5 +1,5 @@
 import {Writable} from 'node:stream';
-import {childHiding, createLogger, traceFields} from '../../src/logger';
+import {childHiding, createLogger, traceFields, urlForLog} from '../../src/logger';
 
 describe('traceFields', () => {
   test('X-Cloud-Trace-Context gives the trace, span (hex) and sampling', () => {
@@ -101,5 +101,19 @@ describe('errors in logs', () => {
       request: 1,
       err: {message: 'bad request (prompt: [prompt]; as JSON: "[prompt]")'},
     });
+  });
+});
+
+describe('urlForLog', () => {
+  test("hides a signed link's signature wherever it is in the query, and leaves other URLs as they are", () => {
+    const sig = 'ab'.repeat(32);
+    expect(urlForLog(`/images/x?expires=1&signature=${sig}`)).toBe(
+      '/images/x?expires=1&signature=[redacted]',
+    );
+    expect(urlForLog(`/images/x?signature=${sig}&expires=1`)).toBe(
+      '/images/x?signature=[redacted]&expires=1',
+    );
+    expect(urlForLog('/jobs?limit=5&status=failed')).toBe('/jobs?limit=5&status=failed');
+    expect(urlForLog(undefined)).toBeUndefined();
   });
 });
