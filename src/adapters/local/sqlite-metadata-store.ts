@@ -315,13 +315,7 @@ export class SqliteMetadataStore implements MetadataStore {
       if (used + amount > limit) return {ok: false, used};
       // Counts of days long past are no use (Firestore's TTL deletes them too).
       sql.run('DELETE FROM quota_counters WHERE day < ?', daysBefore(new Date(), QUOTA_KEEP_DAYS));
-      sql.run(
-        `INSERT INTO quota_counters (subject, day, used) VALUES (?, ?, ?)
-         ON CONFLICT (subject, day) DO UPDATE SET used = used + excluded.used`,
-        subject,
-        day,
-        amount,
-      );
+      this.addToQuotaCounter(sql, subject, day, amount);
       sql.run(
         `INSERT INTO quota_reservations (job_id, subject, day, amount, created_at, created_at_ms)
          VALUES (?, ?, ?, ?, ?, ?)`,
@@ -460,21 +454,23 @@ export class SqliteMetadataStore implements MetadataStore {
       }
     }
     for (const {keyHash, record} of records.idempotencyKeys) this.writeIdempotencyKey(sql, keyHash, record);
-    for (const {subject, day, used} of records.quotaCounters) {
-      sql.run(
-        `INSERT INTO quota_counters (subject, day, used) VALUES (?, ?, ?)
-         ON CONFLICT (subject, day) DO UPDATE SET used = used + excluded.used`,
-        subject,
-        day,
-        used,
-      );
-    }
+    for (const {subject, day, used} of records.quotaCounters) this.addToQuotaCounter(sql, subject, day, used);
     return {
       jobs,
       idempotency_keys: records.idempotencyKeys.length,
       quota_counters: records.quotaCounters.length,
       skipped,
     };
+  }
+
+  private addToQuotaCounter(sql: Statements, subject: string, day: string, amount: number): void {
+    sql.run(
+      `INSERT INTO quota_counters (subject, day, used) VALUES (?, ?, ?)
+       ON CONFLICT (subject, day) DO UPDATE SET used = used + excluded.used`,
+      subject,
+      day,
+      amount,
+    );
   }
 
   private readJob(sql: Statements, id: string): JobRecord | null {
