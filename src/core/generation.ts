@@ -230,11 +230,19 @@ export interface GenerateRequest {
   userAlias: boolean;
   /** Asked to stream, with this many partial images per image; null when not. */
   stream: {partialImages: number} | null;
+  /** `partial_images` as sent, for a stream asked for another way (an Accept header). */
+  partialImages: number | undefined;
   metadata: Record<string, string>;
   allowPartial: boolean;
   idempotencyKey: string | undefined;
   /** Set for an edit: the images it works from. */
   edit: EditInputs | null;
+}
+
+/** The request, streamed: as `stream: true` would have made it. */
+export function streamed(request: GenerateRequest): GenerateRequest {
+  if (request.stream) return request;
+  return {...request, stream: {partialImages: request.partialImages ?? DEFAULT_PARTIAL_IMAGES}};
 }
 
 type RequestFields = z.output<z.ZodObject<typeof requestFields>> | z.output<z.ZodObject<typeof editFields>>;
@@ -264,6 +272,7 @@ function toRequest(
     parameters,
     userAlias,
     stream: fields.stream ? {partialImages: fields.partial_images ?? DEFAULT_PARTIAL_IMAGES} : null,
+    partialImages: fields.partial_images,
     metadata: fields.metadata ?? {},
     allowPartial: fields.allow_partial ?? false,
     idempotencyKey: fields.idempotency_key,
