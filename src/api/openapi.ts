@@ -1,7 +1,8 @@
+import {z} from 'zod';
 import type {ZodOpenApiOperationObject, ZodOpenApiPathsObject, ZodOpenApiResponsesObject} from 'zod-openapi';
 import {ERROR_CODES, type ErrorCode} from '../core/errors';
 import {HTTP_STATUS} from './responses';
-import type {Route} from './route';
+import type {EventSpecs, Route} from './route';
 import {ErrorBodySchema} from './views';
 
 /** Codes any operation may answer with; routes that need a key may also answer UNAUTHENTICATED. */
@@ -36,15 +37,32 @@ function errorResponses(route: Route): ZodOpenApiResponsesObject {
   );
 }
 
+/**
+ * An event stream, documented as the union of its events: each one is an
+ * `id`, an `event` name and its `data`, whose JSON has the schema given.
+ */
+function eventStreamSchema(events: EventSpecs): z.ZodType {
+  const variants = Object.entries(events).map(([name, {description, schema}]) =>
+    z.object({id: z.string(), event: z.literal(name), data: schema}).meta({description}),
+  );
+  return z.union(variants).meta({
+    description: `Server-Sent Events (${Object.keys(events).join(', ')}), each with an \`id:\`, an \`event:\` and one \`data:\` line of JSON.`,
+  });
+}
+
 function operationOf(route: Route): ZodOpenApiOperationObject {
   const responses: ZodOpenApiResponsesObject = errorResponses(route);
   for (const [status, spec] of Object.entries(route.responses)) {
-    const content = spec.schema
-      ? {'application/json': {schema: spec.schema}}
-      : spec.mediaTypes
-        ? Object.fromEntries(spec.mediaTypes.map(type => [type, {}]))
-        : undefined;
-    responses[status as `2${string}`] = {description: spec.description, ...(content ? {content} : {})};
+    const content = {
+      ...(spec.schema
+        ? {'application/json': {schema: spec.schema}}
+        : Object.fromEntries((spec.mediaTypes ?? []).map(type => [type, {}]))),
+      ...(spec.events ? {'text/event-stream': {schema: eventStreamSchema(spec.events)}} : {}),
+    };
+    responses[status as `2${string}`] = {
+      description: spec.description,
+      ...(Object.keys(content).length > 0 ? {content} : {}),
+    };
   }
   const requestParams = {
     ...(route.params ? {path: route.params} : {}),

@@ -34,7 +34,12 @@ export interface ResponseSpec {
   schema?: z.ZodType;
   /** Media types of a non-JSON body (served as is). */
   mediaTypes?: string[];
+  /** The same response as Server-Sent Events (text/event-stream): each event's name and data. */
+  events?: EventSpecs;
 }
+
+/** Server-Sent Events by name: what each means and the JSON its data holds. */
+export type EventSpecs = Record<string, {description: string; schema: z.ZodType}>;
 
 /**
  * A request body: the schema documents it; `parse` validates the JSON object

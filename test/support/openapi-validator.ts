@@ -49,6 +49,33 @@ export class OpenApiValidator {
     }
     this.checked.push(`${method} ${template} ${status}`);
   }
+
+  private readonly eventValidators = new Map<string, ReturnType<Ajv2020['compile']>>();
+
+  /** Throws with the reasons when an event of a 200 event stream does not match the document. */
+  checkEvent(
+    method: string,
+    url: string,
+    event: {id: string | undefined; event: string; data: unknown},
+  ): void {
+    const {pathname} = new URL(url);
+    const {template, operation} = this.operationFor(method, pathname);
+    if (!operation.responses['200']?.content?.['text/event-stream']?.schema) {
+      throw new Error(`${method} ${template} documents no event stream`);
+    }
+    const ref = `openapi.json#/paths/${encodePointer(template)}/${method.toLowerCase()}/responses/200/content/text~1event-stream/schema`;
+    let validate = this.eventValidators.get(ref);
+    if (!validate) {
+      validate = this.ajv.compile({$ref: ref});
+      this.eventValidators.set(ref, validate);
+    }
+    if (!validate(event)) {
+      throw new Error(
+        `${method} ${template} event ${event.event} does not match: ${this.ajv.errorsText(validate.errors)}`,
+      );
+    }
+    this.checked.push(`${method} ${template} event ${event.event}`);
+  }
 }
 
 function encodePointer(segment: string): string {
