@@ -68,7 +68,8 @@ export function sendJson(
 
 export function sendError(res: ServerResponse, error: AppError, headers: Record<string, string> = {}): void {
   if (res.headersSent) {
-    res.destroy(error);
+    // A stream that told its caller of the failure has ended already; anything else is cut short.
+    if (!res.writableEnded) res.destroy(error);
     return;
   }
   const extra = {...headers};

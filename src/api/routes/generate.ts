@@ -5,12 +5,14 @@ import {
   IDEMPOTENCY_KEY_FORMAT,
   parseGenerateBody,
   planGeneration,
+  streamed,
 } from '../../core/generation';
 import type {ModelCatalogue} from '../../core/catalogue';
 import type {JobRecord} from '../../core/records';
-import {sendJson} from '../responses';
+import {JOB_EVENTS, answerWithJob} from '../job-answer';
 import {defineRoute} from '../route';
-import {JobViewSchema, jobView} from '../views';
+import {acceptsEventStream} from '../sse';
+import {JobViewSchema} from '../views';
 
 export const GenerateHeadersSchema = z.object({
   'Idempotency-Key': z
@@ -60,7 +62,14 @@ function generateRoute(path: string, operationId: string) {
     summary: 'Generate images and store them (rich or legacy payload)',
     headers: GenerateHeadersSchema,
     body: {schema: GenerateBodySchema, parse: parseGenerateBody, prompts: body => [body.prompt]},
-    responses: {200: {description: 'The completed job', schema: JobViewSchema}},
+    responses: {
+      200: {
+        description:
+          'The completed job; with `stream: true` or Accept: text/event-stream, the job as it is made, as Server-Sent Events',
+        schema: JobViewSchema,
+        events: JOB_EVENTS,
+      },
+    },
     errors: [
       'INVALID_JSON',
       'VALIDATION_ERROR',
@@ -81,7 +90,8 @@ function generateRoute(path: string, operationId: string) {
     ],
     async handle(ctx) {
       const {config, generator, now} = ctx.services;
-      const command = planGeneration(ctx.body, {
+      const request = acceptsEventStream(ctx.req) ? streamed(ctx.body) : ctx.body;
+      const command = planGeneration(request, {
         catalogue: config.models,
         defaultModel: config.defaultModel,
         retiredModels: config.retiredModels,
@@ -102,18 +112,16 @@ function generateRoute(path: string, operationId: string) {
           requested_model: command.requestedModel,
           count: command.count,
           size: command.plan.parameters.size,
+          stream: request.stream !== null,
           ...(config.log.prompts ? {prompt: truncate(command.prompt, 200)} : {}),
         },
         'generation started',
       );
-      const {job, replayed} = await generator.generate(command, ctx.requester);
-      if (replayed) ctx.res.setHeader('Idempotent-Replayed', 'true');
-      for (const [name, value] of Object.entries(lifecycleHeaders(config.models, job)))
-        ctx.res.setHeader(name, value);
-      ctx.labels.job_id = job.id;
-      ctx.labels.image_ids = job.images.map(image => image.id).join(',');
-      ctx.labels.upstream_ms = String(job.upstream_ms);
-      sendJson(ctx.res, 200, await jobView(job, ctx.links));
+      await answerWithJob(ctx, {
+        stream: request.stream !== null,
+        run: onEvent => generator.generate(command, ctx.requester, onEvent),
+        headersFor: job => lifecycleHeaders(config.models, job),
+      });
     },
   });
 }
