@@ -5,7 +5,7 @@ import type {Requester} from '../core/requester';
 import {childHiding, traceFields, urlForLog, type Logger} from '../logger';
 import {authenticate} from './auth';
 import {discardUnreadBody} from './body';
-import {sendError, toAppError} from './responses';
+import {HTTP_STATUS, sendError, toAppError} from './responses';
 import {readRouteBody} from './route-body';
 import type {AppServices, Method, Route} from './route';
 import {ROUTES} from './routes';
@@ -113,6 +113,9 @@ export function createApp(
     const log = childHiding(logger, traceFields(req.headers, projectId), hidden);
     const labels: Record<string, string> = {};
     let failure: AppError | undefined;
+    // The caller went away before the answer ended (a stream it stopped reading); the work goes on.
+    let disconnected = false;
+    res.once('close', () => (disconnected = !res.writableFinished));
     try {
       const url = requestTarget(req);
       const onPath = compiled.filter(candidate => candidate.pattern.test(url.pathname));
@@ -160,7 +163,7 @@ export function createApp(
     } finally {
       // A body nobody read (a refusal before it, a route without one) is thrown away, within a bound.
       discardUnreadBody(req);
-      logAccess(log, req, res, started, labels, failure);
+      logAccess(log, req, res, started, labels, failure, disconnected);
     }
   };
 }
@@ -173,9 +176,11 @@ export function logAccess(
   started: number,
   labels: Record<string, string>,
   failure: AppError | undefined,
+  disconnected = false,
 ): void {
   const latencyMs = performance.now() - started;
-  const status = res.statusCode;
+  // 499, as nginx logs a client that closed the request; a stream that began with 200 logs its failure's status.
+  const status = disconnected ? 499 : failure ? HTTP_STATUS[failure.code] : res.statusCode;
   const url = urlForLog(req.url);
   const entry: Record<string, unknown> = {
     httpRequest: {
@@ -190,6 +195,7 @@ export function logAccess(
     'logging.googleapis.com/labels': labels,
     latency_ms: Math.round(latencyMs),
   };
+  if (disconnected) entry.disconnected = true;
   if (failure) {
     entry.code = failure.code;
     if (status >= 500) entry.err = failure.cause ?? failure;
