@@ -136,11 +136,92 @@ class ImageDecoder {
 }
 
 /**
- * Reads an Images API response body as it arrives. The b64_json strings (all
- * but a few hundred bytes of it) are decoded chunk by chunk into image bytes
- * and hashed on the way; only the small rest of the JSON is kept as text and
- * parsed. The whole answer never exists as one string, which for a few
- * 1536x1024 images would be tens of megabytes of string and garbage per call.
+ * JSON that carries images as b64_json strings, fed in pieces as it arrives:
+ * the strings are decoded chunk by chunk into image bytes and hashed on the
+ * way; only the small rest of the JSON is kept as text and parsed at the end.
+ * The images live in one arena until `release()`.
+ */
+export class JsonImagesDecoder {
+  private readonly arena: Arena;
+  private readonly skeleton: number[] = [];
+  private readonly images: DecodedImage[] = [];
+  private decoder: ImageDecoder | undefined;
+  // Outside image data: where we are in the JSON text.
+  private inString = false;
+  private escaped = false;
+  private stringStart = -1;
+  private afterKey: 'no' | 'key' | 'colon' = 'no';
+
+  /** `sizeHint`: the image bytes to expect, if known (it only sizes the first buffer). */
+  constructor(sizeHint: number, pool?: BufferPool) {
+    this.arena = new Arena(sizeHint, pool);
+  }
+
+  write(chunk: Buffer): void {
+    const skeleton = this.skeleton;
+    let i = 0;
+    while (i < chunk.length) {
+      if (this.decoder) {
+        const end = chunk.indexOf(QUOTE, i);
+        const stop = end === -1 ? chunk.length : end;
+        let text = chunk.toString('latin1', i, stop);
+        // JSON may escape '/' as '\/' (the backslash may end one chunk and the slash begin
+        // the next); base64 has no other character that needs escaping, so drop backslashes.
+        if (text.includes('\\')) text = text.replaceAll('\\', '');
+        this.decoder.write(text);
+        if (end === -1) break;
+        this.images.push(this.decoder.end());
+        this.decoder = undefined;
+        skeleton.push(QUOTE);
+        this.inString = false;
+        i = end + 1;
+        continue;
+      }
+      const byte = chunk[i]!;
+      skeleton.push(byte);
+      i++;
+      if (this.inString) {
+        if (this.escaped) this.escaped = false;
+        else if (byte === BACKSLASH) this.escaped = true;
+        else if (byte === QUOTE) {
+          this.inString = false;
+          const content = skeleton.slice(this.stringStart, skeleton.length - 1);
+          this.afterKey = content.length === KEY.length && KEY.equals(Buffer.from(content)) ? 'key' : 'no';
+        }
+        continue;
+      }
+      if (byte === 0x20 || byte === 0x0a || byte === 0x0d || byte === 0x09) continue;
+      if (byte === QUOTE) {
+        if (this.afterKey === 'colon') {
+          this.decoder = new ImageDecoder(this.arena);
+          this.afterKey = 'no';
+          continue;
+        }
+        this.inString = true;
+        this.stringStart = skeleton.length;
+        this.afterKey = 'no';
+        continue;
+      }
+      this.afterKey = this.afterKey === 'key' && byte === 0x3a /* : */ ? 'colon' : 'no';
+    }
+  }
+
+  /** The JSON with every b64_json value emptied, parsed, and the images in order. */
+  end(): {body: unknown; images: DecodedImage[]} {
+    if (this.decoder || this.inString) throw new Error('the JSON ended inside a string');
+    return {body: JSON.parse(Buffer.from(this.skeleton).toString('utf8')), images: this.images};
+  }
+
+  /** Hands the images' memory back to the pool (see ParsedImagesResponse.release). */
+  release(): void {
+    this.arena.release();
+  }
+}
+
+/**
+ * Reads an Images API response body as it arrives (see JsonImagesDecoder).
+ * The whole answer never exists as one string, which for a few 1536x1024
+ * images would be tens of megabytes of string and garbage per call.
  */
 export async function parseImagesResponse(
   body: AsyncIterable<Uint8Array>,
@@ -148,77 +229,21 @@ export async function parseImagesResponse(
   pool?: BufferPool,
 ): Promise<ParsedImagesResponse> {
   // Base64 is 4 characters for 3 bytes: the body's length bounds the images' size.
-  const arena = new Arena(
+  const decoder = new JsonImagesDecoder(
     contentLength && Number.isFinite(contentLength) ? Math.ceil(contentLength * 0.75) : 0,
     pool,
   );
   try {
-    return await parseInto(arena, body);
+    for await (const raw of body) decoder.write(asBuffer(raw));
+    const {body: parsed, images} = decoder.end();
+    return {body: parsed as ParsedImagesResponse['body'], images, release: () => decoder.release()};
   } catch (error) {
-    arena.release();
+    decoder.release();
     throw error;
   }
 }
 
-async function parseInto(arena: Arena, body: AsyncIterable<Uint8Array>): Promise<ParsedImagesResponse> {
-  const skeleton: number[] = [];
-  const images: DecodedImage[] = [];
-  let decoder: ImageDecoder | undefined;
-  // Outside image data: where we are in the JSON text.
-  let inString = false;
-  let escaped = false;
-  let stringStart = -1;
-  let afterKey: 'no' | 'key' | 'colon' = 'no';
-
-  for await (const raw of body) {
-    const chunk = Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
-    let i = 0;
-    while (i < chunk.length) {
-      if (decoder) {
-        const end = chunk.indexOf(QUOTE, i);
-        const stop = end === -1 ? chunk.length : end;
-        let text = chunk.toString('latin1', i, stop);
-        // JSON may escape '/' as '\/' (the backslash may end one chunk and the slash begin
-        // the next); base64 has no other character that needs escaping, so drop backslashes.
-        if (text.includes('\\')) text = text.replaceAll('\\', '');
-        decoder.write(text);
-        if (end === -1) break;
-        images.push(decoder.end());
-        decoder = undefined;
-        skeleton.push(QUOTE);
-        inString = false;
-        i = end + 1;
-        continue;
-      }
-      const byte = chunk[i]!;
-      skeleton.push(byte);
-      i++;
-      if (inString) {
-        if (escaped) escaped = false;
-        else if (byte === BACKSLASH) escaped = true;
-        else if (byte === QUOTE) {
-          inString = false;
-          const content = skeleton.slice(stringStart, skeleton.length - 1);
-          afterKey = content.length === KEY.length && KEY.equals(Buffer.from(content)) ? 'key' : 'no';
-        }
-        continue;
-      }
-      if (byte === 0x20 || byte === 0x0a || byte === 0x0d || byte === 0x09) continue;
-      if (byte === QUOTE) {
-        if (afterKey === 'colon') {
-          decoder = new ImageDecoder(arena);
-          afterKey = 'no';
-          continue;
-        }
-        inString = true;
-        stringStart = skeleton.length;
-        afterKey = 'no';
-        continue;
-      }
-      afterKey = afterKey === 'key' && byte === 0x3a /* : */ ? 'colon' : 'no';
-    }
-  }
-  if (decoder || inString) throw new Error('the response ended inside a string');
-  const parsed = JSON.parse(Buffer.from(skeleton).toString('utf8')) as ParsedImagesResponse['body'];
-  return {body: parsed, images, release: () => arena.release()};
+/** A chunk as a Buffer over the same memory. */
+export function asBuffer(raw: Uint8Array): Buffer {
+  return Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
 }
