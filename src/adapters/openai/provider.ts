@@ -11,6 +11,7 @@ import type {
 import type {Usage} from '../../core/records';
 import {Limiter} from './limiter';
 import {BufferPool, parseImagesResponse} from './response-parser';
+import {readImageStream} from './stream-parser';
 
 export interface OpenAIProviderOptions {
   apiKey: string | undefined;
@@ -39,6 +40,7 @@ type SdkEditParams = import('openai').OpenAI.Images.ImageEditParamsNonStreaming;
 
 type GenerateParameters = Omit<UpstreamParameters, (typeof NOT_FOR_GENERATE)[number]>;
 type EditParameters = Omit<UpstreamParameters, (typeof NOT_FOR_EDIT)[number]>;
+type PartialImageEvent = import('openai').OpenAI.Images.ImageGenPartialImageEvent;
 
 /**
  * The request bodies, picked from the SDK's own types: an upstream parameter
@@ -116,7 +118,7 @@ export class OpenAIImageProvider implements ImageProvider {
     const whileWaiting = this.options.whileWaiting;
     const sent = whileWaiting && onceSent(new URL(client.baseURL).origin, whileWaiting);
     if (request.partialImages !== undefined) {
-      let image: GeneratedImages;
+      let image: GeneratedImages & {release(): void};
       try {
         image = await this.streamImage(client, body, request.partialImages, combined, options.onPartial);
       } catch (error) {
@@ -124,7 +126,13 @@ export class OpenAIImageProvider implements ImageProvider {
       } finally {
         sent?.();
       }
-      return this.decodeSlots.run(() => store(image));
+      return this.decodeSlots.run(async () => {
+        try {
+          return await store(image);
+        } finally {
+          image.release();
+        }
+      });
     }
     let response: Response;
     try {
@@ -176,7 +184,7 @@ export class OpenAIImageProvider implements ImageProvider {
   /**
    * One streamed image: partial images are handed on as they arrive, base64
    * as it came (they only travel on to the caller); the final image is
-   * decoded once.
+   * decoded and hashed as it arrives (see readImageStream).
    */
   private async streamImage(
     client: OpenAIClient,
@@ -184,26 +192,41 @@ export class OpenAIImageProvider implements ImageProvider {
     partialImages: number,
     signal: AbortSignal,
     onPartial: CallOptions['onPartial'],
-  ): Promise<GeneratedImages> {
+  ): Promise<GeneratedImages & {release(): void}> {
     const streaming = {n: 1, stream: true as const, partial_images: partialImages};
-    const stream = await (body.edit
-      ? client.images.edit({...body.edit, ...streaming}, {signal})
-      : client.images.generate({...body.generate, ...streaming}, {signal}));
-    for await (const event of stream) {
-      if (event.type === 'image_generation.partial_image' || event.type === 'image_edit.partial_image') {
-        onPartial?.({
-          partialImageIndex: event.partial_image_index,
-          b64: event.b64_json,
-          contentType: CONTENT_TYPES[event.output_format] ?? 'application/octet-stream',
-        });
-      } else if (event.type === 'image_generation.completed' || event.type === 'image_edit.completed') {
-        return {
-          images: [{data: Buffer.from(event.b64_json, 'base64'), revisedPrompt: null}],
-          usage: (event.usage as unknown as Usage) ?? null,
-        };
-      }
-    }
-    throw new AppError('UPSTREAM_ERROR', 'OpenAI ended the stream without the image');
+    const response = await (
+      body.edit
+        ? client.images.edit({...body.edit, ...streaming}, {signal})
+        : client.images.generate({...body.generate, ...streaming}, {signal})
+    ).asResponse();
+    if (!response.body) throw new AppError('UPSTREAM_ERROR', 'OpenAI answered without a body');
+    const {default: OpenAIClient} = loadSdk();
+    const streamed = await readImageStream(
+      response.body,
+      (name, data) => {
+        const event = data as {type?: unknown; error?: unknown} & Partial<PartialImageEvent>;
+        // As the SDK's own stream reader does: an error event, or any event carrying an error.
+        if (name === 'error' || event?.error) {
+          throw new OpenAIClient.APIError(undefined, event?.error ?? event, undefined, response.headers);
+        }
+        const partial =
+          event?.type === 'image_generation.partial_image' || event?.type === 'image_edit.partial_image';
+        if (partial && typeof event.b64_json === 'string') {
+          onPartial?.({
+            partialImageIndex: event.partial_image_index ?? 0,
+            b64: event.b64_json,
+            contentType: CONTENT_TYPES[event.output_format ?? ''] ?? 'application/octet-stream',
+          });
+        }
+      },
+      this.buffers,
+    );
+    const {image, event} = streamed;
+    return {
+      images: [{data: image.data, sha256: image.sha256, revisedPrompt: null}],
+      usage: (event.usage as Usage | undefined) ?? null,
+      release: streamed.release,
+    };
   }
 
   /** Streams the body: image data is decoded and hashed as it arrives (see response-parser). */
