@@ -1,3 +1,4 @@
+import {setImmediate as nextTurn} from 'node:timers/promises';
 import {JsonImagesDecoder, asBuffer, type BufferPool, type DecodedImage} from './response-parser';
 
 /** The completed image of a streamed call, decoded, and the rest of its event. */
@@ -30,13 +31,17 @@ const isCompleted = (name: string | null) => name !== null && name.endsWith('.co
 export async function readImageStream(
   body: AsyncIterable<Uint8Array>,
   onEvent: (name: string | null, data: unknown) => void,
-  pool?: BufferPool,
+  options: {pool?: BufferPool; sizeHint?: number} = {},
 ): Promise<StreamedImage> {
-  const parser = new ImageStreamParser(onEvent, pool);
+  const parser = new ImageStreamParser(onEvent, options.pool, options.sizeHint ?? 0);
   try {
     for await (const chunk of body) {
       const image = parser.write(asBuffer(chunk));
       if (image) return image;
+      // Chunks already received are otherwise read in one run of promise callbacks; with many
+      // streams behind at once, that holds every socket (other calls' partial images) back for
+      // hundreds of milliseconds. One chunk per turn of the event loop lets them through.
+      await nextTurn();
     }
     const image = parser.end();
     if (image) return image;
@@ -82,6 +87,8 @@ class ImageStreamParser {
   constructor(
     private readonly onEvent: (name: string | null, data: unknown) => void,
     private readonly pool: BufferPool | undefined,
+    /** The image bytes to expect: one buffer of the right size, instead of doubling into it. */
+    private readonly sizeHint: number,
   ) {}
 
   /** Feeds a chunk; returns the image once its event is complete. */
@@ -142,7 +149,9 @@ class ImageStreamParser {
   }
 
   private startData(): void {
-    this.data ??= isCompleted(this.eventName) ? new JsonImagesDecoder(0, this.pool) : new TextData();
+    this.data ??= isCompleted(this.eventName)
+      ? new JsonImagesDecoder(this.sizeHint, this.pool)
+      : new TextData();
     // Lines of one event's data are joined with a line feed.
     if (this.dataLines > 0) this.data.write(Buffer.from('\n'));
     this.state = 'data';
