@@ -79,6 +79,12 @@ export class OpenAIImageProvider implements ImageProvider {
   private readonly buffers = new BufferPool();
   /** Calls wait upstream in any number; reading their answers is bounded. */
   private readonly decodeSlots: Limiter;
+  /**
+   * Bytes of the last streamed image of each size and format: a stream has no
+   * Content-Length, and a buffer grown by doubling allocates twice what it
+   * keeps, which with many streams at once means more garbage collection.
+   */
+  private readonly streamedBytes = new Map<string, number>();
 
   constructor(private readonly options: OpenAIProviderOptions) {
     this.decodeSlots = new Limiter(options.maxConcurrentDecodes);
@@ -201,6 +207,9 @@ export class OpenAIImageProvider implements ImageProvider {
     ).asResponse();
     if (!response.body) throw new AppError('UPSTREAM_ERROR', 'OpenAI answered without a body');
     const {default: OpenAIClient} = loadSdk();
+    const sent = body.edit ?? body.generate;
+    const shape = `${sent.size ?? ''} ${sent.output_format ?? ''} ${sent.output_compression ?? ''}`;
+    const expected = this.streamedBytes.get(shape) ?? 0;
     const streamed = await readImageStream(
       response.body,
       (name, data) => {
@@ -219,9 +228,11 @@ export class OpenAIImageProvider implements ImageProvider {
           });
         }
       },
-      this.buffers,
+      {pool: this.buffers, sizeHint: Math.ceil(expected * 1.25)},
     );
     const {image, event} = streamed;
+    if (this.streamedBytes.size > 64 && !this.streamedBytes.has(shape)) this.streamedBytes.clear();
+    this.streamedBytes.set(shape, image.data.length);
     return {
       images: [{data: image.data, sha256: image.sha256, revisedPrompt: null}],
       usage: (event.usage as Usage | undefined) ?? null,
