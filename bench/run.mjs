@@ -8,6 +8,7 @@
 //   3. overhead per image vs an in-process floor (local store and GCS)
 //   4. peak RSS with 64 generations of 1536x1024 in flight
 //   5. cold start vs an empty Functions Framework function
+//   6. streaming: the first partial image at the caller vs at the fake, at 1 and 64 streams
 // and prints a table of the figures and a PASS/FAIL summary. See bench/README.md.
 //
 // Options (flag or environment variable):
@@ -16,13 +17,14 @@
 //   --samples=N              BENCH_SAMPLES              overhead samples per size and store (40)
 //   --reps=N                 BENCH_REPS                 sequential repetitions for baselines (5)
 //   --cold-reps=N            BENCH_COLD_REPS            cold starts per variant (3)
+//   --stream-samples=N       BENCH_STREAM_SAMPLES       sequential streams for 6 (20)
 //   --no-gcs                                            skip GCS + Firestore
 //   --no-build                                          use dist/ as it is
 //   --cpu-prof=DIR                                      write V8 CPU profiles of the function processes
 //   --node-options=FLAGS                                NODE_OPTIONS for the function processes instead of
 //                                                       the deploy's (env.yaml.example); "" for none
 //   --json=FILE                                         also write every figure as JSON
-//   --only=1,3,...                                      run only these measurements (default: all five)
+//   --only=1,3,...                                      run only these measurements (default: all six)
 //   --strict                                            exit 1 when a target is missed (default: only on errors)
 import {spawnSync} from 'node:child_process';
 import {createHash, randomUUID} from 'node:crypto';
@@ -45,7 +47,7 @@ import {
   startService,
   stopAll,
 } from './lib/processes.mjs';
-import {max, median, mib, ms, percentile, pollUntil, ratio, request} from './lib/measure.mjs';
+import {max, median, mib, ms, percentile, pollUntil, ratio, request, streamRequest} from './lib/measure.mjs';
 
 // ---------------------------------------------------------------------------
 // Options
@@ -75,13 +77,14 @@ const config = {
   samples: Math.max(5, option('samples', 'BENCH_SAMPLES', 40)),
   reps: Math.max(3, option('reps', 'BENCH_REPS', 5)),
   coldReps: Math.max(1, option('cold-reps', 'BENCH_COLD_REPS', 3)),
+  streamSamples: Math.max(5, option('stream-samples', 'BENCH_STREAM_SAMPLES', 20)),
   gcs: !flags.has('no-gcs'),
   build: !flags.has('no-build'),
   cpuProfDir: flags.get('cpu-prof'),
   // The function runs with the deploy's NODE_OPTIONS unless told otherwise.
   nodeOptions: flags.get('node-options') ?? deployNodeOptions(),
   json: flags.get('json'),
-  only: new Set((flags.get('only') ?? '1,2,3,4,5').split(',').map(x => x.trim())),
+  only: new Set((flags.get('only') ?? '1,2,3,4,5,6').split(',').map(x => x.trim())),
 };
 const runs = id => config.only.has(String(id));
 
@@ -779,6 +782,108 @@ async function measureColdStart() {
 }
 
 // ---------------------------------------------------------------------------
+// 6. Streaming: the first partial image
+
+/**
+ * One streamed generation (one image, partial images on), tagged like
+ * `generate` so the fake's own times for its upstream call can be matched.
+ */
+async function streamOnce(fn, params, tagPrefix) {
+  const tag = `${tagPrefix}-${++tagCounter}`;
+  const response = await streamRequest(`${fn.url}/generate`, {
+    body: {prompt: `a bench stream (${tag})`, ...params, safety_identifier: tag},
+  });
+  if (response.status !== 200 || !response.firstAt['job.completed'])
+    results.errors.push(
+      `${tagPrefix}: HTTP ${response.status} ${JSON.stringify(response.counts)} ${response.text.slice(0, 300)}`,
+    );
+  return {tag, ...response};
+}
+
+/**
+ * Per stream, side by side: the caller's time to its first image.partial
+ * (from sending the request) and the fake's (from the request's arrival to
+ * handing its first partial to the socket). What the function adds is the
+ * caller's arrival time minus the fake's hand-off time: both are read on
+ * performance.timeOrigin + performance.now(), comparable across processes.
+ */
+function firstPartialFigures(runs, timings) {
+  const upstream = new Map(timings.filter(t => t.user && t.firstPartialAt).map(t => [t.user, t]));
+  const caller = [];
+  const atFake = [];
+  const added = [];
+  const ratios = [];
+  /** Per stream, for the JSON: when its call reached the fake (from the first) and what was added. */
+  const raw = [];
+  const firstArrival = Math.min(...timings.map(t => t.start));
+  for (const run of runs) {
+    const at = run.firstAt['image.partial'];
+    const call = upstream.get(run.tag);
+    if (at === undefined || !call) continue;
+    caller.push(at - run.sentAt);
+    atFake.push(call.firstPartialAt - call.start);
+    added.push(at - call.firstPartialAt);
+    ratios.push((at - run.sentAt) / (call.firstPartialAt - call.start));
+    raw.push({arrivedMs: call.start - firstArrival, addedMs: at - call.firstPartialAt});
+  }
+  const p = (values, q) => percentile(values, q);
+  return {
+    samples: added.length,
+    callerP50: p(caller, 50),
+    callerP99: p(caller, 99),
+    fakeP50: p(atFake, 50),
+    fakeP99: p(atFake, 99),
+    addedP50: p(added, 50),
+    addedP99: p(added, 99),
+    ratioP50: p(ratios, 50),
+    ratioP99: p(ratios, 99),
+    errors: runs.filter(run => run.status !== 200 || !run.firstAt['job.completed']).length,
+    raw,
+  };
+}
+
+async function measureStreaming(fn) {
+  log('6. streaming: first partial image at the caller vs at the fake, 1 and 64 streams');
+  const params = {model: MODEL, size: '1024x1024', stream: true, partial_images: 2};
+  // Fills the fake's pools (partial images included) and warms the function's stream path.
+  await Promise.all(Array.from({length: 8}, () => streamOnce(fn, params, 'warm')));
+  await fake.call('takeTimings');
+  const single = [];
+  for (let i = 0; i < config.streamSamples; i++) single.push(await streamOnce(fn, params, 's1'));
+  const singleFigure = firstPartialFigures(single, await fake.call('takeTimings'));
+  const concurrent = [];
+  const concurrentTimings = [];
+  for (let round = 0; round < 2; round++) {
+    concurrent.push(...(await Promise.all(Array.from({length: 64}, () => streamOnce(fn, params, 's64')))));
+    concurrentTimings.push(...(await fake.call('takeTimings')));
+  }
+  const concurrentFigure = firstPartialFigures(concurrent, concurrentTimings);
+  results.figures.streaming = {
+    params,
+    single: singleFigure,
+    concurrent64: concurrentFigure,
+    // Other processes on the machine show in the tail; the 1-minute load average says how many.
+    loadAverage: os.loadavg()[0],
+  };
+  target(
+    '6a',
+    'Streaming: first partial, added at the caller, p50 (64 streams)',
+    concurrentFigure.addedP50,
+    20,
+    ms,
+    concurrentFigure.errors,
+  );
+  target(
+    '6b',
+    'Streaming: first partial, added at the caller, p99 (64 streams)',
+    concurrentFigure.addedP99,
+    50,
+    ms,
+    concurrentFigure.errors,
+  );
+}
+
+// ---------------------------------------------------------------------------
 // Report
 
 function target(id, name, value, limit, format, errors = 0) {
@@ -995,6 +1100,53 @@ function report() {
     );
     out.push('');
   }
+  if (f.streaming) {
+    const x = f.streaming;
+    out.push(
+      `6. Streaming — first image.partial, ${MODEL} ${x.params.size} PNG, partial_images ${x.params.partial_images}, local store`,
+    );
+    out.push(
+      table(
+        [
+          'streams',
+          'samples',
+          'caller p50',
+          'caller p99',
+          'fake p50',
+          'fake p99',
+          'added p50',
+          'added p99',
+          'ratio p50',
+          'ratio p99',
+          'errors',
+        ],
+        [
+          ['1 (sequential)', x.single],
+          ['64 concurrent (2 rounds)', x.concurrent64],
+        ].map(([label, y]) => [
+          label,
+          String(y.samples),
+          ms(y.callerP50),
+          ms(y.callerP99),
+          ms(y.fakeP50),
+          ms(y.fakeP99),
+          ms(y.addedP50),
+          ms(y.addedP99),
+          ratio(y.ratioP50),
+          ratio(y.ratioP99),
+          String(y.errors),
+        ]),
+      ),
+    );
+    out.push(
+      '   caller: request sent → first image.partial parsed; fake: request arrived → first partial handed to its socket;',
+    );
+    out.push(
+      '   added: caller arrival − fake hand-off, per stream (then p50/p99); ratio: caller time / fake time, per stream',
+    );
+    out.push(`   1-minute load average at the end: ${x.loadAverage.toFixed(2)} (on ${m.nproc} cores)`);
+    out.push('');
+  }
   out.push('Summary');
   out.push(
     table(
@@ -1095,6 +1247,7 @@ async function main() {
     );
   }
   if (runs(4)) await measureMemory('local');
+  if (runs(6)) await withFunction('local', fn => measureStreaming(fn));
 
   // GCS test server + Firestore emulator: 3 and 4, and 2 at 64 for reference.
   await emulatorStart;

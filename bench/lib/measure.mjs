@@ -1,5 +1,6 @@
 // HTTP client and statistics helpers for the bench.
 import http from 'node:http';
+import {createParser} from 'eventsource-parser';
 import {sleep} from './processes.mjs';
 
 /** One keep-alive pool without a socket cap, so N concurrent requests use N connections. */
@@ -37,6 +38,48 @@ export function request(url, {method = 'GET', body, headers = {}, useAgent = age
             ...(raw ? {body: bytes, text: ''} : {text: bytes.toString('utf8')}),
           });
         });
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+/** performance.timeOrigin + performance.now(): the clock the fake OpenAI server records on, in any process. */
+export const wallNow = () => performance.timeOrigin + performance.now();
+
+/**
+ * POSTs a JSON body and reads the answer as Server-Sent Events, as a caller
+ * would. Resolves once the answer ends with its status, when the request was
+ * sent, when the first event of each name arrived and how many came (times on
+ * `wallNow`); an answer that is not a stream comes back as `text`.
+ */
+export function streamRequest(url, {body, headers = {}, useAgent = agent} = {}) {
+  return new Promise((resolve, reject) => {
+    const payload = Buffer.from(JSON.stringify(body));
+    const sentAt = wallNow();
+    const req = http.request(
+      url,
+      {
+        method: 'POST',
+        agent: useAgent,
+        headers: {'content-type': 'application/json', 'content-length': String(payload.length), ...headers},
+      },
+      res => {
+        const firstAt = {};
+        const counts = {};
+        let text = '';
+        const streamed = String(res.headers['content-type']).startsWith('text/event-stream');
+        const parser = createParser({
+          onEvent: ({event = 'message'}) => {
+            firstAt[event] ??= wallNow();
+            counts[event] = (counts[event] ?? 0) + 1;
+          },
+        });
+        res.setEncoding('utf8');
+        res.on('data', chunk => (streamed ? parser.feed(chunk) : (text += chunk)));
+        res.on('end', () => resolve({status: res.statusCode, sentAt, firstAt, counts, text}));
         res.on('error', reject);
       },
     );
