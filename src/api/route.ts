@@ -106,7 +106,7 @@ export interface Route<P = any, Q = any, H = any, B = any> {
   body?: BodySpec<B>;
   responses: Record<number, ResponseSpec>;
   /** Error codes this operation may answer with, besides those every route may give. */
-  errors: ErrorCode[];
+  errors: readonly ErrorCode[];
   handle(ctx: RouteContext<P, Q, H, B>): Promise<void>;
 }
 

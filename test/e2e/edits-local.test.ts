@@ -12,6 +12,7 @@ import {
 } from '../support/function-server';
 import {noiseImage, solidImage} from '../support/images';
 import {OpenApiValidator} from '../support/openapi-validator';
+import {names, postStream} from '../support/sse-client';
 import {useTempDir} from '../support/temp-dir';
 
 const ALICE = 'alice-key-0123456789abcdef';
@@ -545,14 +546,23 @@ describe('POST /edits, local store', () => {
     test('with count > 1, a failed call removes what the other stored', async () => {
       const before = filesUnder(join(dataDir(), 'objects'));
       ctx.openai.injectFault({kind: 'content_policy'});
-      const failed = await send('/edits', {
-        prompt: 'two streams',
-        images: [{b64_json: (await solidImage('png')).toString('base64')}],
-        count: 2,
-        stream: true,
-        metadata: {case: 'half-way'},
-      });
-      expect([failed.status, failed.body.code]).toEqual([400, 'CONTENT_POLICY_VIOLATION']);
+      const url = `${ctx.fn.url}/edits`;
+      const failed = await postStream(
+        url,
+        {
+          prompt: 'two streams',
+          images: [{b64_json: (await solidImage('png')).toString('base64')}],
+          count: 2,
+          stream: true,
+          metadata: {case: 'half-way'},
+        },
+        {headers: as(ALICE)},
+      );
+      for (const {id, event, data} of failed.events) validator.checkEvent('POST', url, {id, event, data});
+      // The stream began with the job, so the failure is its last event.
+      expect(failed.status).toBe(200);
+      expect(names(failed)[0]).toBe('job.created');
+      expect(failed.events.at(-1)).toMatchObject({event: 'error', data: {code: 'CONTENT_POLICY_VIOLATION'}});
       expect(filesUnder(join(dataDir(), 'objects'))).toEqual(before);
       const jobs = await getJson(`${ctx.fn.url}/jobs?metadata.case=half-way`, {headers: as(ALICE)});
       expect(jobs.body.jobs.map((job: {status: string}) => job.status)).toEqual(['failed']);
@@ -592,15 +602,30 @@ describe('POST /edits, local store', () => {
   });
 
   describe('streaming', () => {
-    // Server-Sent Events for edits come with the /generate stream; until then a streamed edit
-    // is streamed upstream (one image per call) and answered as JSON.
-    test('stream: true gives the finished job', async () => {
-      const edited = await send(
-        '/edits',
+    test('stream: true answers with the job as it is made, one upstream stream per image', async () => {
+      const url = `${ctx.fn.url}/edits`;
+      const edited = await postStream(
+        url,
         formOf([{data: await solidImage('png')}], {prompt: 'x', stream: 'true', partial_images: '1', n: '2'}),
+        {headers: as(ALICE)},
       );
+      for (const {id, event, data} of edited.events) validator.checkEvent('POST', url, {id, event, data});
       expect(edited.status).toBe(200);
-      expect(edited.body.images).toHaveLength(2);
+      expect(edited.headers.get('content-type')).toMatch(/^text\/event-stream/);
+      const events = names(edited);
+      expect([events[0], events.at(-1)]).toEqual(['job.created', 'job.completed']);
+      expect(events.filter(name => name === 'image.partial')).toHaveLength(2);
+      expect(events.filter(name => name === 'image.completed')).toHaveLength(2);
+      const job = edited.events.at(-1)!.data;
+      expect([job.source, job.images.length]).toEqual(['edit', 2]);
+      // The stored job is the one the stream ended with (its signed links aside, which are made per answer).
+      const stored = (await getJson(`${ctx.fn.url}/jobs/${job.job_id}`, {headers: as(ALICE)})).body;
+      const unsigned = (view: any) => ({
+        ...view,
+        image_url: null,
+        images: view.images.map((image: any) => ({...image, url: null, url_expires_at: null})),
+      });
+      expect(unsigned(stored)).toEqual(unsigned(job));
       expect(editCalls().map(call => (call.body as RecordedMultipartBody).fields)).toEqual([
         expect.objectContaining({stream: 'true', partial_images: '1', n: '1'}),
         expect.objectContaining({stream: 'true', partial_images: '1', n: '1'}),

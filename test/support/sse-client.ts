@@ -42,7 +42,7 @@ export interface StreamOptions {
 type Parser = typeof import('eventsource-parser');
 let parserModule: Promise<Parser> | undefined;
 
-/** POSTs `body` as JSON and reads the answer to its end, or until `stopAfter`. */
+/** POSTs `body` (JSON, or a form as multipart) and reads the answer to its end, or until `stopAfter`. */
 export async function postStream(
   url: string,
   body: unknown,
@@ -52,8 +52,9 @@ export async function postStream(
   const abort = new AbortController();
   const response = await fetch(url, {
     method: 'POST',
-    headers: {'content-type': 'application/json', ...options.headers},
-    body: JSON.stringify(body),
+    ...(body instanceof FormData
+      ? {body, headers: options.headers}
+      : {body: JSON.stringify(body), headers: {'content-type': 'application/json', ...options.headers}}),
     signal: abort.signal,
   });
   const answer: StreamAnswer = {

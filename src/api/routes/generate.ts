@@ -1,57 +1,11 @@
-import {z} from 'zod';
-import {validationError} from '../../core/errors';
+import {GenerateBodySchema, parseGenerateBody} from '../../core/generation';
 import {
-  GenerateBodySchema,
-  IDEMPOTENCY_KEY_FORMAT,
-  parseGenerateBody,
-  planGeneration,
-  streamed,
-} from '../../core/generation';
-import type {ModelCatalogue} from '../../core/catalogue';
-import type {JobRecord} from '../../core/records';
-import {JOB_EVENTS, answerWithJob} from '../job-answer';
+  GENERATION_ERRORS,
+  GENERATION_RESPONSES,
+  GenerationHeadersSchema,
+  runGeneration,
+} from '../generation-route';
 import {defineRoute} from '../route';
-import {acceptsEventStream} from '../sse';
-import {JobViewSchema} from '../views';
-
-export const GenerateHeadersSchema = z.object({
-  'Idempotency-Key': z
-    .string()
-    .regex(IDEMPOTENCY_KEY_FORMAT, '1-255 printable ASCII characters without spaces')
-    .optional()
-    .meta({
-      description:
-        'Makes the request safe to retry: a repeat returns the stored job (see also idempotency_key).',
-    }),
-});
-
-const MODEL_DOCS = 'https://developers.openai.com/api/docs/models';
-
-/**
- * What HTTP says about a model going away: a replaced model gets Deprecation
- * (RFC 9745, from its shutdown) and a Link to its successor; a model still
- * served until a known date gets Sunset (RFC 8594) and the same Link.
- */
-export function lifecycleHeaders(catalogue: ModelCatalogue, job: JobRecord): Record<string, string> {
-  const {requested_model: requested, model} = job.parameters;
-  const entry = catalogue.get(requested);
-  if (!entry?.shutdownDate) return {};
-  const shutdown = new Date(`${entry.shutdownDate}T00:00:00Z`);
-  if (model !== requested) {
-    return {
-      Deprecation: `@${Math.floor(shutdown.getTime() / 1000)}`,
-      Link: `<${MODEL_DOCS}/${model}>; rel="successor-version"`,
-    };
-  }
-  return {
-    Sunset: shutdown.toUTCString(),
-    ...(entry.replacement ? {Link: `<${MODEL_DOCS}/${entry.replacement}>; rel="successor-version"`} : {}),
-  };
-}
-
-function truncate(text: string, max: number): string {
-  return text.length <= max ? text : `${text.slice(0, max)}…`;
-}
 
 /** Generates images for either payload, stores them and answers with the job. */
 function generateRoute(path: string, operationId: string) {
@@ -60,69 +14,11 @@ function generateRoute(path: string, operationId: string) {
     path,
     operationId,
     summary: 'Generate images and store them (rich or legacy payload)',
-    headers: GenerateHeadersSchema,
+    headers: GenerationHeadersSchema,
     body: {schema: GenerateBodySchema, parse: parseGenerateBody, prompts: body => [body.prompt]},
-    responses: {
-      200: {
-        description:
-          'The completed job; with `stream: true` or Accept: text/event-stream, the job as it is made, as Server-Sent Events',
-        schema: JobViewSchema,
-        events: JOB_EVENTS,
-      },
-    },
-    errors: [
-      'INVALID_JSON',
-      'VALIDATION_ERROR',
-      'CONTENT_POLICY_VIOLATION',
-      'PAYLOAD_TOO_LARGE',
-      'UNSUPPORTED_MEDIA_TYPE',
-      'RATE_LIMIT_EXCEEDED',
-      'UPSTREAM_ERROR',
-      'UPSTREAM_TIMEOUT',
-      'STORAGE_ERROR',
-      'REQUEST_IN_PROGRESS',
-      'IDEMPOTENCY_KEY_REUSED',
-      'QUOTA_EXCEEDED',
-      'JOB_NOT_FOUND',
-      'MODEL_RETIRED',
-      'MODEL_UNAVAILABLE',
-      'FEATURE_NOT_AVAILABLE',
-    ],
-    async handle(ctx) {
-      const {config, generator, now} = ctx.services;
-      const request = acceptsEventStream(ctx.req) ? streamed(ctx.body) : ctx.body;
-      const command = planGeneration(request, {
-        catalogue: config.models,
-        defaultModel: config.defaultModel,
-        retiredModels: config.retiredModels,
-        day: now().toISOString().slice(0, 10),
-      });
-      const headerKey = ctx.headers['Idempotency-Key'];
-      if (headerKey !== undefined) {
-        if (command.idempotencyKey !== undefined && command.idempotencyKey !== headerKey) {
-          throw validationError([
-            {field: 'idempotency_key', message: 'differs from the Idempotency-Key header'},
-          ]);
-        }
-        command.idempotencyKey = headerKey;
-      }
-      ctx.log.info(
-        {
-          model: command.plan.model,
-          requested_model: command.requestedModel,
-          count: command.count,
-          size: command.plan.parameters.size,
-          stream: request.stream !== null,
-          ...(config.log.prompts ? {prompt: truncate(command.prompt, 200)} : {}),
-        },
-        'generation started',
-      );
-      await answerWithJob(ctx, {
-        stream: request.stream !== null,
-        run: onEvent => generator.generate(command, ctx.requester, onEvent),
-        headersFor: job => lifecycleHeaders(config.models, job),
-      });
-    },
+    responses: GENERATION_RESPONSES,
+    errors: GENERATION_ERRORS,
+    handle: runGeneration,
   });
 }
 
