@@ -121,6 +121,18 @@ function daysBefore(now: Date, days: number): string {
   return new Date(now.getTime() - days * 86_400_000).toISOString().slice(0, 10);
 }
 
+/** A job row's columns but its id: created_at, status, owner, source, lease_until_ms, record. */
+function jobColumns(job: JobRecord): [string, string, string | null, string, number | null, string] {
+  return [
+    job.created_at,
+    job.status,
+    job.owner,
+    job.source,
+    job.lease_until === null ? null : epochMs(job.lease_until, 'A job lease'),
+    JSON.stringify(job),
+  ];
+}
+
 function epochMs(iso: string, what: string): number {
   const ms = Date.parse(iso);
   if (!Number.isFinite(ms)) throw new Error(`${what} is not a timestamp: ${JSON.stringify(iso)}`);
@@ -481,14 +493,9 @@ export class SqliteMetadataStore implements MetadataStore {
   /** The job row, its labels and its image index: fails if the job or an image id exists. */
   private insertJob(sql: Statements, job: JobRecord): void {
     sql.run(
-      `INSERT INTO jobs (id, created_at, status, owner, source, lease_until_ms, record) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO jobs (created_at, status, owner, source, lease_until_ms, record, id) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+      ...jobColumns(job),
       job.id,
-      job.created_at,
-      job.status,
-      job.owner,
-      job.source,
-      job.lease_until === null ? null : epochMs(job.lease_until, 'A job lease'),
-      JSON.stringify(job),
     );
     this.writeLabels(sql, job);
     for (const image of job.images)
@@ -498,12 +505,7 @@ export class SqliteMetadataStore implements MetadataStore {
   private updateJob(sql: Statements, job: JobRecord): void {
     sql.run(
       `UPDATE jobs SET created_at = ?, status = ?, owner = ?, source = ?, lease_until_ms = ?, record = ? WHERE id = ?`,
-      job.created_at,
-      job.status,
-      job.owner,
-      job.source,
-      job.lease_until === null ? null : epochMs(job.lease_until, 'A job lease'),
-      JSON.stringify(job),
+      ...jobColumns(job),
       job.id,
     );
   }
