@@ -30,8 +30,11 @@ export function freePort(): Promise<number> {
 
 export interface FunctionProcess {
   url: string;
+  pid: number;
   output(): string;
   stop(): Promise<number | null>;
+  /** Ends the process at once (SIGKILL), as a crashed or evicted instance ends; resolves once it is gone. */
+  kill(): Promise<void>;
 }
 
 /** Runs the Functions Framework CLI on the compiled function, as `npm start` and Cloud Run do. */
@@ -68,14 +71,22 @@ export async function startFunctionProcess(
       await new Promise(resolve => setTimeout(resolve, 50));
     }
   }
+  const exited = () => child.exitCode !== null || child.signalCode !== null;
   return {
     url,
+    pid: child.pid!,
     output: () => output,
     stop: () =>
       new Promise(resolve => {
-        if (child.exitCode !== null) return resolve(child.exitCode);
+        if (exited()) return resolve(child.exitCode);
         child.once('exit', code => resolve(code));
         child.kill('SIGTERM');
+      }),
+    kill: () =>
+      new Promise(resolve => {
+        if (exited()) return resolve();
+        child.once('exit', () => resolve());
+        child.kill('SIGKILL');
       }),
   };
 }
