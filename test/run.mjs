@@ -1,7 +1,7 @@
 // Runs the whole test suite: starts the Firestore emulator (unless one is
 // already given in FIRESTORE_EMULATOR_HOST), runs jest, stops the emulator and
 // prints one closing line, "N passed, N failed".
-import {spawnSync} from 'node:child_process';
+import {spawn} from 'node:child_process';
 import {mkdirSync, readFileSync, rmSync} from 'node:fs';
 import {join} from 'node:path';
 import {hasGcloud, startFirestoreEmulator} from './support/firestore-emulator.mjs';
@@ -32,7 +32,9 @@ for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => process.exi
 
 rmSync(resultsDir, {recursive: true, force: true});
 mkdirSync(resultsDir, {recursive: true});
-const jest = spawnSync(
+// Run without blocking this process: its event loop keeps draining the emulator's output, which
+// would otherwise fill the pipe and block the emulator on its own logging (it logs every failed call).
+const jestProcess = spawn(
   process.execPath,
   [
     // The storage and auth clients load node-fetch with a dynamic import(), which
@@ -46,6 +48,9 @@ const jest = spawnSync(
   ],
   {cwd: root, env, stdio: 'inherit'},
 );
+// A signal that ends this process ends jest too (a terminal's SIGINT reaches both, a SIGTERM this one only).
+for (const signal of ['SIGINT', 'SIGTERM']) process.prependListener(signal, () => jestProcess.kill(signal));
+const jest = await new Promise(resolve => jestProcess.on('exit', code => resolve({status: code})));
 stop();
 
 let passed = 0;
