@@ -115,6 +115,11 @@ export interface ObjectStore {
   delete(path: string): Promise<boolean>;
   /** The objects under a prefix, in lexicographic order of path. */
   list(prefix: string): Promise<ObjectInfo[]>;
+  /**
+   * Local disk only: removes what writes cut short (a killed process) left
+   * under a prefix, last written before `olderThan`; returns what it removed.
+   */
+  removeAbandonedWrites?(prefix: string, olderThan: Date): Promise<string[]>;
   /** Cloud Storage only: a time-limited URL that reads the object without credentials. */
   signedReadUrl?(path: string, ttlSeconds: number): Promise<{url: string; expiresAt: Date}>;
   /** Cloud Storage only: the object's public URL (works when the bucket allows it). */

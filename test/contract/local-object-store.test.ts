@@ -123,3 +123,38 @@ describe('LocalObjectStore when a write fails (a full disk)', () => {
     ]);
   });
 });
+
+describe('LocalObjectStore after a process was killed while writing', () => {
+  test('what the writes cut short left is removed once old enough; objects and files still being written stay', async () => {
+    const dataDir = mkdtempSync(join(root(), 'data-'));
+    const store = new LocalObjectStore(dataDir);
+    const job = `images/${randomUUID()}`;
+    const whole = `${job}/000-a.png`;
+    await store.put(whole, image, info(image));
+    // What a killed writer leaves: the temporary file of an object or of a sidecar, and a sidecar
+    // linked into place before its object was.
+    const leftovers = [
+      `objects/${job}/001-b.png.tmp-4242-0a1b2c3d4e5f`,
+      `object-meta/${job}/002-c.png.json.tmp-4242-0a1b2c3d4e5f`,
+      `object-meta/${job}/003-d.png.json`,
+    ];
+    const beingWritten = `objects/${job}/004-e.png.tmp-4242-abcdef012345`;
+    for (const file of [...leftovers, beingWritten]) {
+      await fs.mkdir(join(dataDir, file, '..'), {recursive: true});
+      await fs.writeFile(join(dataDir, file), 'part of a write');
+    }
+    const longAgo = new Date(Date.now() - 3600_000);
+    for (const file of [...leftovers, `objects/${whole}`, `object-meta/${whole}.json`]) {
+      await fs.utimes(join(dataDir, file), longAgo, longAgo);
+    }
+
+    const removed = await store.removeAbandonedWrites('images/', new Date(Date.now() - 60_000));
+    expect(removed.sort()).toEqual([...leftovers].sort());
+    expect(filesUnder(dataDir).map(entry => entry.file)).toEqual(
+      [`object-meta/${whole}.json`, `objects/${whole}`, beingWritten].sort(),
+    );
+    expect((await store.list('images/')).map(object => object.path)).toEqual([whole]);
+    // Only under the prefix asked for.
+    expect(await store.removeAbandonedWrites('images/other/', new Date())).toEqual([]);
+  });
+});

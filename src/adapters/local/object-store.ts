@@ -131,6 +131,39 @@ export class LocalObjectStore implements ObjectStore {
   }
 
   async list(prefix: string): Promise<ObjectInfo[]> {
+    const found = (await this.filesUnder(this.objectsRoot, prefix)).filter(file => !TEMP_FILE.test(file));
+    const infos = await Promise.all(found.sort().map(objectPath => this.stat(objectPath)));
+    // An object deleted while listing is left out.
+    return infos.filter(info => info !== null);
+  }
+
+  /**
+   * Removes what writes that never finished left under `prefix`: a process
+   * killed while writing leaves its temporary files, and a sidecar whose
+   * object was never linked; nothing lists them, so nothing else ever would.
+   * Only files last written before `olderThan` go, when no write can still
+   * be under way. Returns them, relative to the data directory.
+   */
+  async removeAbandonedWrites(prefix: string, olderThan: Date): Promise<string[]> {
+    const removed: string[] = [];
+    const removeIfOld = async (file: string, shown: string) => {
+      const stats = await this.files.stat(file).catch(() => null);
+      if (stats && stats.mtimeMs < olderThan.getTime() && (await this.unlink(file))) removed.push(shown);
+    };
+    for (const file of await this.filesUnder(this.objectsRoot, prefix)) {
+      if (TEMP_FILE.test(file)) await removeIfOld(resolveInside(this.objectsRoot, file), `objects/${file}`);
+    }
+    for (const file of await this.filesUnder(this.metaRoot, prefix)) {
+      const abandoned =
+        TEMP_FILE.test(file) ||
+        (file.endsWith('.json') && !(await this.exists(resolveInside(this.objectsRoot, file.slice(0, -5)))));
+      if (abandoned) await removeIfOld(resolveInside(this.metaRoot, file), `object-meta/${file}`);
+    }
+    return removed;
+  }
+
+  /** Every file under `root` whose path relative to it starts with `prefix`, temporary files included. */
+  private async filesUnder(root: string, prefix: string): Promise<string[]> {
     const found: string[] = [];
     const walk = async (dir: string): Promise<void> => {
       let entries;
@@ -143,18 +176,16 @@ export class LocalObjectStore implements ObjectStore {
       for (const entry of entries) {
         const full = path.join(dir, entry.name);
         if (entry.isDirectory()) await walk(full);
-        else if (!TEMP_FILE.test(entry.name)) {
-          const relative = path.relative(this.objectsRoot, full).split(path.sep).join('/');
+        else {
+          const relative = path.relative(root, full).split(path.sep).join('/');
           if (relative.startsWith(prefix)) found.push(relative);
         }
       }
     };
     // Walk only the directory the prefix names, not the whole tree.
     const slash = prefix.lastIndexOf('/');
-    await walk(slash === -1 ? this.objectsRoot : resolveInside(this.objectsRoot, prefix.slice(0, slash)));
-    const infos = await Promise.all(found.sort().map(objectPath => this.stat(objectPath)));
-    // An object deleted while listing is left out.
-    return infos.filter(info => info !== null);
+    await walk(slash === -1 ? root : resolveInside(root, prefix.slice(0, slash)));
+    return found;
   }
 
   private sidecarPath(objectPath: string): string {

@@ -26,7 +26,10 @@ export interface ReconcileReport {
   jobs_completed: string[];
   /** Running jobs past their lease that could not be completed: failed, their objects removed. */
   jobs_failed: string[];
-  /** Objects removed: of failed jobs, or that no finished job points to. */
+  /**
+   * Objects removed: of failed jobs, or that no finished job points to; on
+   * the local disk also files that writes cut short left behind.
+   */
   objects_removed: string[];
   /** Image records whose object was missing, dropped from their jobs. */
   images_dropped: string[];
@@ -68,7 +71,10 @@ export async function reconcile(deps: ReconcileDeps, options: ReconcileOptions):
 
   // Failed jobs: whatever their run stored is removed (a write may have landed after the failure).
   const failed = await deps.metadata.listJobs({limit: options.limit, status: 'failed'});
-  for (const job of failed.jobs) await removeAll(deps, await deps.objects.list(jobPrefix(job.id)), report);
+  for (const job of failed.jobs) {
+    await removeAll(deps, await deps.objects.list(jobPrefix(job.id)), report);
+    await removeAbandonedWrites(deps, jobPrefix(job.id), settledBefore, report);
+  }
 
   // Finished jobs: every image record has its object, and every object old enough has a record.
   for (const status of ['completed', 'partial'] as const) {
@@ -170,6 +176,7 @@ async function checkFinishedJob(
     object => !recorded.has(object.path) && object.createdAt.getTime() < settledBefore,
   );
   await removeAll(deps, strays, report);
+  await removeAbandonedWrites(deps, jobPrefix(job.id), settledBefore, report);
 }
 
 /** Objects under images/ whose job id no record knows, old enough that no run is still writing them. */
@@ -187,6 +194,18 @@ async function removeOrphans(deps: ReconcileDeps, settledBefore: number, report:
       report,
     );
   }
+  await removeAbandonedWrites(deps, 'images/', settledBefore, report);
+}
+
+/** What writes cut short left under the prefix (local disk), once no run can still be writing there. */
+async function removeAbandonedWrites(
+  deps: ReconcileDeps,
+  prefix: string,
+  settledBefore: number,
+  report: ReconcileReport,
+) {
+  const removed = await deps.objects.removeAbandonedWrites?.(prefix, new Date(settledBefore));
+  if (removed) report.objects_removed.push(...removed);
 }
 
 async function removeAll(deps: ReconcileDeps, objects: ObjectInfo[], report: ReconcileReport) {
