@@ -81,8 +81,8 @@ export async function gcpSnapshot(
   };
 }
 
-/** The local disk: DATA_DIR/objects, DATA_DIR/object-meta and DATA_DIR/imagegen.db. */
-export function localSnapshot(dataDir: string): StoresSnapshot {
+/** The objects of the local store under DATA_DIR, and the files that are no whole object. */
+export function localObjects(dataDir: string): Pick<StoresSnapshot, 'objects' | 'leftoverFiles'> {
   const objectsRoot = join(dataDir, 'objects');
   const metaRoot = join(dataDir, 'object-meta');
   const filesUnder = (root: string): string[] =>
@@ -109,7 +109,12 @@ export function localSnapshot(dataDir: string): StoresSnapshot {
   for (const sidecar of sidecars) {
     if (!objectSet.has(sidecar.replace(/\.json$/, ''))) leftoverFiles.push(`object-meta/${sidecar}`);
   }
+  return {objects, leftoverFiles};
+}
 
+/** The local disk: DATA_DIR/objects, DATA_DIR/object-meta and DATA_DIR/imagegen.db. */
+export function localSnapshot(dataDir: string): StoresSnapshot {
+  const {objects, leftoverFiles} = localObjects(dataDir);
   const db = new DatabaseSync(join(dataDir, DATABASE_FILE), {readOnly: true});
   try {
     const rows = <T>(sql: string) => db.prepare(sql).all() as T[];
