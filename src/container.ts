@@ -64,8 +64,13 @@ export function createServices(config: Config, options: ServiceOptions = {}): Ap
       {...getStores(), now},
       {leaseMs: config.idempotency.leaseMs, limit, scope},
     );
-    const repairs = Object.values(report).reduce((sum, list) => sum + list.length, 0);
-    logger[repairs > 0 ? 'warn' : 'info']({reconcile: report, repairs}, `reconciler: ${repairs} repairs`);
+    const {unrepaired, ...repaired} = report;
+    const repairs = Object.values(repaired).reduce((sum, list) => sum + list.length, 0);
+    const level = unrepaired.length > 0 ? 'error' : repairs > 0 ? 'warn' : 'info';
+    logger[level](
+      {reconcile: report, repairs, unrepaired: unrepaired.length},
+      `reconciler: ${repairs} repairs, ${unrepaired.length} left for the next pass`,
+    );
     return report;
   };
   if (config.storage.kind === 'local')

@@ -73,6 +73,28 @@ describe('reconcile', () => {
     expect(await metadata.getJob(final.id)).toMatchObject({status: 'failed', error: {code: 'STORAGE_ERROR'}});
   });
 
+  test('one item that cannot be repaired is reported, and the pass goes on with the others', async () => {
+    const {objects, metadata, run} = setUp();
+    const locked = stoppedRun(1);
+    const other = stoppedRun(1);
+    for (const {final, running} of [locked, other]) {
+      await metadata.createJob(running);
+      await writeObjects(objects, final);
+    }
+    const completeJob = metadata.completeJob.bind(metadata);
+    metadata.completeJob = async job => {
+      if (job.id === locked.final.id) throw new Error('the job is locked');
+      return completeJob(job);
+    };
+    const report = await run();
+    expect(report.jobs_completed).toEqual([other.final.id]);
+    expect(report.unrepaired).toEqual([`job ${locked.final.id}: the job is locked`]);
+    expect((await metadata.getJob(locked.final.id))?.status).toBe('running');
+    // The next pass, with the store answering again, repairs it.
+    metadata.completeJob = completeJob;
+    expect((await run()).jobs_completed).toEqual([locked.final.id]);
+  });
+
   test('a run still within its lease is left alone', async () => {
     const {objects, metadata, run} = setUp();
     const final = finishedJob({created_at: NOW.toISOString()}, 1);
@@ -85,6 +107,7 @@ describe('reconcile', () => {
       objects_removed: [],
       images_dropped: [],
       reservations_released: [],
+      unrepaired: [],
     });
     expect((await metadata.getJob(final.id))?.status).toBe('running');
   });

@@ -25,6 +25,9 @@ export const ReconcileReportSchema = z
     objects_removed: z.array(z.string()),
     images_dropped: z.array(z.string()),
     reservations_released: z.array(z.string()),
+    unrepaired: z
+      .array(z.string())
+      .describe('What could not be repaired this pass, and why; the next pass tries again.'),
   })
   .meta({id: 'ReconcileReport', description: 'What one pass of the reconciler repaired.'});
 

@@ -35,6 +35,8 @@ export interface ReconcileReport {
   images_dropped: string[];
   /** Quota reservations given back: their job failed or never was recorded. */
   reservations_released: string[];
+  /** What could not be repaired this pass (a store failing, a job still locked), with why; the next pass tries again. */
+  unrepaired: string[];
 }
 
 const STOPPED: {code: 'STORAGE_ERROR'; message: string} = {
@@ -56,45 +58,80 @@ const STOPPED: {code: 'STORAGE_ERROR'; message: string} = {
  */
 export async function reconcile(deps: ReconcileDeps, options: ReconcileOptions): Promise<ReconcileReport> {
   const now = (deps.now ?? (() => new Date()))();
-  const report: ReconcileReport = {
-    jobs_completed: [],
-    jobs_failed: [],
-    objects_removed: [],
-    images_dropped: [],
-    reservations_released: [],
-  };
+  const report = emptyReport();
   const settledBefore = now.getTime() - options.leaseMs;
+  // One item that cannot be repaired now (a job locked by a dead instance's transaction, say)
+  // must not keep the pass from the others.
+  const attempt = async (item: string, repair: () => Promise<void>) => {
+    try {
+      await repair();
+    } catch (error) {
+      report.unrepaired.push(`${item}: ${error instanceof Error ? error.message : String(error)}`);
+    }
+  };
 
   for (const job of await deps.metadata.listStaleJobs(now, options.limit)) {
-    await settleStaleJob(deps, job, now, report);
+    await attempt(`job ${job.id}`, () => settleStaleJob(deps, job, now, report));
   }
 
   // Failed jobs: whatever their run stored is removed (a write may have landed after the failure).
   const failed = await deps.metadata.listJobs({limit: options.limit, status: 'failed'});
   for (const job of failed.jobs) {
-    await removeAll(deps, await deps.objects.list(jobPrefix(job.id)), report);
-    await removeAbandonedWrites(deps, jobPrefix(job.id), settledBefore, report);
+    await attempt(`job ${job.id}`, async () => {
+      await removeAll(deps, await deps.objects.list(jobPrefix(job.id)), report);
+      await removeAbandonedWrites(deps, jobPrefix(job.id), settledBefore, report);
+    });
   }
 
   // Finished jobs: every image record has its object, and every object old enough has a record.
   for (const status of ['completed', 'partial'] as const) {
     const finished = await deps.metadata.listJobs({limit: options.limit, status});
-    for (const job of finished.jobs) await checkFinishedJob(deps, job, now, settledBefore, report);
+    for (const job of finished.jobs) {
+      await attempt(`job ${job.id}`, () => checkFinishedJob(deps, job, now, settledBefore, report));
+    }
   }
 
   for (const reservation of await deps.metadata.listQuotaReservations(
     new Date(settledBefore),
     options.limit,
   )) {
-    const job = await deps.metadata.getJob(reservation.jobId);
-    if (job === null || job.status === 'failed') {
-      await deps.metadata.releaseQuota(reservation);
-      report.reservations_released.push(reservation.jobId);
-    }
+    await attempt(`reservation ${reservation.jobId}`, async () => {
+      const job = await deps.metadata.getJob(reservation.jobId);
+      if (job === null || job.status === 'failed') {
+        await deps.metadata.releaseQuota(reservation);
+        report.reservations_released.push(reservation.jobId);
+      }
+    });
   }
 
-  if (options.scope === 'full') await removeOrphans(deps, settledBefore, report);
+  if (options.scope === 'full') await attempt('orphans', () => removeOrphans(deps, settledBefore, report));
   return report;
+}
+
+function emptyReport(): ReconcileReport {
+  return {
+    jobs_completed: [],
+    jobs_failed: [],
+    objects_removed: [],
+    images_dropped: [],
+    reservations_released: [],
+    unrepaired: [],
+  };
+}
+
+/**
+ * Settles one job whose run stopped (running, its lease over), as a pass
+ * would: a retry of its Idempotency-Key does this before running again, so
+ * what the stopped run already made and stored is kept and replayed rather
+ * than paid for twice.
+ */
+export async function settleStoppedJob(deps: ReconcileDeps, jobId: string): Promise<void> {
+  const now = (deps.now ?? (() => new Date()))();
+  const job = await deps.metadata.getJob(jobId);
+  if (job?.status !== 'running' || job.lease_until === null || Date.parse(job.lease_until) > now.getTime())
+    return;
+  const report = emptyReport();
+  await settleStaleJob(deps, job, now, report);
 }
 
 /** A running job whose run stopped: complete it from its objects if they are all there, else fail it. */
