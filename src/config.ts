@@ -197,7 +197,7 @@ export interface Config {
   models: ModelCatalogue;
   defaultModel: string;
   retiredModels: 'replace' | 'reject';
-  idempotency: {ttlMs: number; leaseMs: number};
+  idempotency: {ttlMs: number; leaseMs: number; claimWindowMs: number};
   storage:
     | {
         kind: 'gcp';
@@ -335,6 +335,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       ttlMs: e.IDEMPOTENCY_TTL_HOURS * 3600_000,
       // A run holds its key for as long as it may take, plus a margin for storing.
       leaseMs: (e.UPSTREAM_TIMEOUT_SECONDS + 60) * 1000,
+      // Between a claim and its job record come at most a quota reservation, the job's
+      // first write and reading an edit's inputs, each bounded by its store's deadline.
+      claimWindowMs: (2 * e.FIRESTORE_TIMEOUT_SECONDS + e.STORAGE_TIMEOUT_SECONDS + 30) * 1000,
     },
     storage: e.GCS_BUCKET
       ? {

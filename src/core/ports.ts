@@ -165,12 +165,14 @@ export interface IdempotencyRecord {
 }
 
 /** What the store holds for the job an idempotency key points to. */
-export type KeyJobState = 'none' | 'running' | 'finished' | 'failed';
+export type KeyJobState = 'none' | 'running' | 'stopped' | 'finished' | 'failed';
 
 export type ClaimOutcome =
   | {outcome: 'claimed'; jobId: string; recovered: boolean}
   | {outcome: 'completed'; jobId: string}
   | {outcome: 'in_progress'; leaseUntil: Date}
+  /** The key's job is running past its lease: its run stopped, and the job must be settled first. */
+  | {outcome: 'stopped'; jobId: string}
   | {outcome: 'mismatch'};
 
 /** A daily quota reservation: `amount` images of `subject` on `day`, made for one job. */

@@ -127,7 +127,7 @@ describe('idempotent generation', () => {
     expect(generations(openai)).toBe(2);
   });
 
-  test('a run left behind by a crashed instance is taken over after its lease; the reconciler cleans up after it', async () => {
+  test('a run left behind by a crashed instance is settled by the retry after its lease, then run anew', async () => {
     const key = randomUUID();
     // Keys are kept per caller: behind IAM with no identity, the owner part is empty.
     const keyHash = sha256(`\n${key}`);
@@ -174,11 +174,15 @@ describe('idempotent generation', () => {
     expect(replay.body.job_id).toBe(recovered.body.job_id);
     expect(generations(openai)).toBe(1);
 
+    // The retry settled the stopped run before running again: its image was missing, so it failed,
+    // and what it wrote is gone; the reconciler has nothing left to do for it.
+    const old = await fetch(`${fn.url}/jobs/${jobId}`).then(answer => answer.json());
+    expect(old).toMatchObject({status: 'failed', error: {code: 'STORAGE_ERROR'}});
+    expect(await images.list(`images/${jobId}/`)).toEqual([]);
     const repaired = await postJson(`${fn.url}/tasks/reconcile`, '');
     expect(repaired.status).toBe(200);
-    expect(repaired.body.jobs_failed).toContain(jobId);
-    expect(repaired.body.objects_removed).toContain(leftover);
-    expect(await images.list(`images/${jobId}/`)).toEqual([]);
+    expect(repaired.body.jobs_failed).not.toContain(jobId);
+    expect(repaired.body.objects_removed).not.toContain(leftover);
   });
 
   test('replaying a key whose job was deleted says so', async () => {

@@ -160,7 +160,7 @@ export class MemoryMetadataStore implements MetadataStore {
 
   async claimIdempotencyKey(keyHash: string, claim: IdempotencyRecord, now: Date): Promise<ClaimOutcome> {
     const existing = this.keys.get(keyHash) ?? null;
-    const job = existing ? keyJobState(this.jobs.get(existing.jobId) ?? null) : 'none';
+    const job = existing ? keyJobState(this.jobs.get(existing.jobId) ?? null, now) : 'none';
     const {result, write} = decideClaim(existing, job, claim, now);
     if (write) this.keys.set(keyHash, copy(write));
     return result;

@@ -8,7 +8,12 @@ import {ScriptedProvider, tinyPng} from '../support/scripted-provider';
 import {ModelCatalogue} from '../../src/core/catalogue';
 import {parseEditBody, planGeneration} from '../../src/core/generation';
 import type {Requester} from '../../src/core/requester';
-import {IdempotentGenerator, decideClaim, fingerprintOf} from '../../src/core/usecases/idempotency';
+import {
+  IdempotentGenerator,
+  decideClaim,
+  fingerprintOf,
+  keyJobState,
+} from '../../src/core/usecases/idempotency';
 import {MemoryMetadataStore, MemoryObjectStore} from '../support/memory-stores';
 
 const MINUTE = 60_000;
@@ -25,11 +30,13 @@ function setUp(now = () => new Date()) {
   const provider = new ScriptedProvider();
   const objects = new MemoryObjectStore();
   const metadata = new MemoryMetadataStore();
-  const generator = new IdempotentGenerator(
-    {provider, objects, metadata, codec: new HeaderImageCodec(), ownBucket: null, sourceBuckets: [], now},
-    {leaseMs: 5 * MINUTE, ttlMs: 60 * MINUTE},
-  );
-  return {provider, objects, metadata, generator};
+  /** Another instance of the function, on the same stores. */
+  const instance = () =>
+    new IdempotentGenerator(
+      {provider, objects, metadata, codec: new HeaderImageCodec(), ownBucket: null, sourceBuckets: [], now},
+      {leaseMs: 5 * MINUTE, claimWindowMs: 2 * MINUTE, ttlMs: 60 * MINUTE},
+    );
+  return {provider, objects, metadata, generator: instance(), instance};
 }
 
 const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
@@ -122,6 +129,87 @@ describe('IdempotentGenerator', () => {
     expect(objects.objects.size).toBe(1);
   });
 
+  test('a claim whose job never got recorded holds its key for the claim window, not the whole lease', async () => {
+    let clock = Date.now();
+    const {provider, metadata, generator, instance} = setUp(() => new Date(clock));
+    // The claimant stops (or its caller gave up on a claim that landed later) before its job is written.
+    let stopped = false;
+    metadata.createJob = () => {
+      stopped = true;
+      return new Promise<void>(() => {});
+    };
+    void instance().generate(command({idempotency_key: 'k6e'}), IAM);
+    while (!stopped) await new Promise(resolve => setTimeout(resolve, 5));
+    delete (metadata as Partial<MemoryMetadataStore>).createJob;
+    clock += 2 * MINUTE - 1000;
+    await expect(generator.generate(command({idempotency_key: 'k6e'}), IAM)).rejects.toMatchObject({
+      code: 'REQUEST_IN_PROGRESS',
+    });
+    clock += 1000;
+    const retried = await generator.generate(command({idempotency_key: 'k6e'}), IAM);
+    expect(retried).toMatchObject({replayed: false, job: {status: 'completed'}});
+    expect(provider.calls).toHaveLength(1);
+  });
+
+  test('a recorded job keeps its key past the claim window for as long as it runs', async () => {
+    let clock = Date.now();
+    const {objects, metadata, generator, instance} = setUp(() => new Date(clock));
+    metadata.completeJob = () => new Promise<boolean>(() => {});
+    void instance().generate(command({idempotency_key: 'k6f'}), IAM);
+    while (objects.objects.size === 0) await new Promise(resolve => setTimeout(resolve, 5));
+    clock += 4 * MINUTE;
+    const error = await generator.generate(command({idempotency_key: 'k6f'}), IAM).catch((e: unknown) => e);
+    expect(error).toMatchObject({code: 'REQUEST_IN_PROGRESS', retryAfterSeconds: 10});
+  });
+
+  /** A run that stores its objects, then stops (its instance died) before completing its job; retried on another instance. */
+  async function stoppedRun(idempotencyKey: string, count = 2) {
+    let clock = Date.now();
+    const parts = setUp(() => new Date(clock));
+    const {objects, metadata, instance} = parts;
+    metadata.completeJob = () => new Promise<boolean>(() => {});
+    void instance().generate(command({idempotency_key: idempotencyKey, count}), IAM);
+    while (objects.objects.size < count) await new Promise(resolve => setTimeout(resolve, 5));
+    const stopped = (await metadata.listJobs({limit: 10})).jobs[0]!;
+    expect(stopped.status).toBe('running');
+    delete (metadata as Partial<MemoryMetadataStore>).completeJob;
+    clock += 6 * MINUTE;
+    return {...parts, stopped};
+  }
+
+  test('a run that stopped after storing everything is completed from its objects, not paid again', async () => {
+    const {provider, metadata, generator, stopped} = await stoppedRun('k6b');
+    const retried = await generator.generate(command({idempotency_key: 'k6b', count: 2}), IAM);
+    expect(retried.replayed).toBe(true);
+    expect(retried.job).toMatchObject({id: stopped.id, status: 'completed'});
+    expect(retried.job.images).toHaveLength(2);
+    expect((await metadata.getJob(stopped.id))?.status).toBe('completed');
+    expect(provider.calls).toHaveLength(1);
+  });
+
+  test('a run that stopped with an object missing is failed and cleaned, and the retry runs anew', async () => {
+    const {provider, objects, metadata, generator, stopped} = await stoppedRun('k6c');
+    objects.objects.delete([...objects.objects.keys()][0]!);
+    const retried = await generator.generate(command({idempotency_key: 'k6c', count: 2}), IAM);
+    expect(retried.replayed).toBe(false);
+    expect(retried.job.id).not.toBe(stopped.id);
+    expect((await metadata.getJob(stopped.id))?.status).toBe('failed');
+    expect([...objects.objects.keys()].filter(path => path.includes(stopped.id))).toEqual([]);
+    expect(provider.calls).toHaveLength(2);
+  });
+
+  test('a run still inside its lease is not settled by a retry', async () => {
+    const {provider, objects, metadata, generator, instance} = setUp();
+    metadata.completeJob = () => new Promise<boolean>(() => {});
+    void instance().generate(command({idempotency_key: 'k6d'}), IAM);
+    while (objects.objects.size < 1) await new Promise(resolve => setTimeout(resolve, 5));
+    await expect(generator.generate(command({idempotency_key: 'k6d'}), IAM)).rejects.toMatchObject({
+      code: 'REQUEST_IN_PROGRESS',
+    });
+    expect((await metadata.listJobs({limit: 10})).jobs[0]?.status).toBe('running');
+    expect(provider.calls).toHaveLength(1);
+  });
+
   test('a replayed key whose job was deleted says so', async () => {
     const {metadata, generator} = setUp();
     const made = await generator.generate(command({idempotency_key: 'k7'}), IAM);
@@ -187,6 +275,23 @@ describe('fingerprintOf', () => {
   });
 });
 
+describe('keyJobState', () => {
+  const now = new Date('2030-01-01T00:00:00Z');
+  const at = (ms: number) => new Date(now.getTime() + ms).toISOString();
+  test.each<[string, Parameters<typeof keyJobState>[0], KeyJobState]>([
+    ['no job', null, 'none'],
+    ['running inside its lease', {status: 'running', lease_until: at(1)}, 'running'],
+    ['running at the end of its lease', {status: 'running', lease_until: at(0)}, 'stopped'],
+    ['running past its lease', {status: 'running', lease_until: at(-1)}, 'stopped'],
+    ['running with no lease', {status: 'running', lease_until: null}, 'running'],
+    ['failed', {status: 'failed', lease_until: null}, 'failed'],
+    ['completed', {status: 'completed', lease_until: null}, 'finished'],
+    ['partial', {status: 'partial', lease_until: null}, 'finished'],
+  ])('%s', (_name, job, state) => {
+    expect(keyJobState(job, now)).toBe(state);
+  });
+});
+
 describe('decideClaim', () => {
   const now = new Date('2030-01-01T00:00:00Z');
   const record = (overrides = {}) => ({
@@ -220,11 +325,26 @@ describe('decideClaim', () => {
       {outcome: 'claimed', jobId: 'job-2', recovered: true},
     ],
     [
-      'a lapsed claim',
+      'a lapsed claim whose job was never recorded',
+      record({leaseUntil: now}),
+      'none',
+      {},
+      {outcome: 'claimed', jobId: 'job-2', recovered: true},
+    ],
+    [
+      'a lapsed claim whose job still runs (its own lease is what counts)',
       record({leaseUntil: now}),
       'running',
       {},
-      {outcome: 'claimed', jobId: 'job-2', recovered: true},
+      {outcome: 'in_progress', leaseUntil: now},
+    ],
+    ['a job whose run stopped', record(), 'stopped', {}, {outcome: 'stopped', jobId: 'job-1'}],
+    [
+      'a job whose run stopped, its claim lapsed',
+      record({leaseUntil: now}),
+      'stopped',
+      {},
+      {outcome: 'stopped', jobId: 'job-1'},
     ],
     [
       'its own claim, written again',

@@ -203,7 +203,7 @@ export class FirestoreMetadataStore implements MetadataStore {
       const snapshot = await tx.get(ref);
       const existing = snapshot.exists ? fromDoc(snapshot.data() as IdempotencyDoc) : null;
       const job = existing ? await tx.get(this.jobRef(existing.jobId)) : null;
-      const state = keyJobState(job?.exists ? (job.data() as JobRecord) : null);
+      const state = keyJobState(job?.exists ? (job.data() as JobRecord) : null, now);
       const {result, write} = decideClaim(existing, state, claim, now);
       if (write) tx.set(ref, toDoc(write));
       return result;

@@ -286,10 +286,19 @@ export class SqliteMetadataStore implements MetadataStore {
           }
         : null;
       const job = existing
-        ? (sql.get<{status: JobRecord['status']}>('SELECT status FROM jobs WHERE id = ?', existing.jobId) ??
-          null)
+        ? (sql.get<{status: JobRecord['status']; lease_until_ms: number | null}>(
+            'SELECT status, lease_until_ms FROM jobs WHERE id = ?',
+            existing.jobId,
+          ) ?? null)
         : null;
-      const {result, write} = decideClaim(existing, keyJobState(job), claim, now);
+      const state = keyJobState(
+        job && {
+          status: job.status,
+          lease_until: job.lease_until_ms === null ? null : new Date(job.lease_until_ms).toISOString(),
+        },
+        now,
+      );
+      const {result, write} = decideClaim(existing, state, claim, now);
       if (write) this.writeIdempotencyKey(sql, keyHash, write);
       // Firestore's TTL policy forgets expired keys; here each claim forgets a few.
       sql.run(

@@ -7,10 +7,17 @@ import {ownerOf, type Requester} from '../requester';
 import {generateImages, type GenerateDeps, type GenerateOptions} from './generate';
 import {resolveEditInputs} from './edit-inputs';
 import {reserveDailyQuota} from './quota';
+import {settleStoppedJob} from './reconcile';
 
 export interface IdempotencyOptions {
-  /** How long a run holds its key before another instance may take it over. */
+  /** How long a run may take: its job's lease, after which a retry settles what it left. */
   leaseMs: number;
+  /**
+   * How long a claimed key waits for its job to be recorded before another
+   * instance may take it over: a claim whose claimant stopped (or whose commit
+   * landed after its caller had given up) blocks its key only this long.
+   */
+  claimWindowMs: number;
   /** How long a key is remembered. */
   ttlMs: number;
 }
@@ -81,19 +88,29 @@ export function decideClaim(
   if (existing.completed || job === 'finished') {
     return {result: {outcome: 'completed', jobId: existing.jobId}, write: null};
   }
-  // A failed job frees its key at once, even when freeing it explicitly did not get through.
-  if (existing.leaseUntil > now && job !== 'failed') {
+  // Its run stopped, but what it paid for may be stored: settled first (completed from its
+  // objects, or failed), then claimed again, so a retry never pays for it a second time.
+  if (job === 'stopped') return {result: {outcome: 'stopped', jobId: existing.jobId}, write: null};
+  // A job's own lease says whether its run is alive; the key's lease only covers the moments
+  // before the job is recorded. A failed job frees its key at once, even when freeing it
+  // explicitly did not get through.
+  if (job === 'running' || (job === 'none' && existing.leaseUntil > now)) {
     return {result: {outcome: 'in_progress', leaseUntil: existing.leaseUntil}, write: null};
   }
-  // The run that held the key failed, or stopped without finishing: run again,
-  // as a new job; the reconciler cleans up after the old one.
+  // The run that held the key failed, or stopped before recording its job: run again, as a new job.
   return {result: {outcome: 'claimed', jobId: claim.jobId, recovered: true}, write: claim};
 }
 
-/** What a job record means for the idempotency key that points to it. */
-export function keyJobState(job: {status: JobStatus} | null): KeyJobState {
+/** What a job record means for the idempotency key that points to it, at `now`. */
+export function keyJobState(
+  job: {status: JobStatus; lease_until: string | null} | null,
+  now: Date,
+): KeyJobState {
   if (!job) return 'none';
-  if (job.status === 'running') return 'running';
+  if (job.status === 'running') {
+    const stopped = job.lease_until !== null && Date.parse(job.lease_until) <= now.getTime();
+    return stopped ? 'stopped' : 'running';
+  }
   return job.status === 'failed' ? 'failed' : 'finished';
 }
 
@@ -191,16 +208,29 @@ export class IdempotentGenerator {
     const claim: IdempotencyRecord = {
       fingerprint,
       jobId: randomUUID(),
-      leaseUntil: new Date(now.getTime() + this.options.leaseMs),
+      leaseUntil: new Date(now.getTime() + Math.min(this.options.claimWindowMs, this.options.leaseMs)),
       expiresAt: new Date(now.getTime() + this.options.ttlMs),
       completed: false,
     };
-    const outcome = await storageCall(
-      'Could not record the idempotency key',
-      this.deps.metadata.claimIdempotencyKey(keyHash, claim, now),
-    );
+    let outcome = await this.claim(keyHash, claim, now);
+    if (outcome.outcome === 'stopped') {
+      await storageCall(
+        'Could not settle the stopped run of this key',
+        settleStoppedJob(this.deps, outcome.jobId),
+      );
+      outcome = await this.claim(keyHash, claim, now);
+    }
 
     switch (outcome.outcome) {
+      case 'stopped':
+        // Settled meanwhile by nobody: another instance holds the job's record (a transaction still open).
+        throw new AppError(
+          'REQUEST_IN_PROGRESS',
+          'A request with this Idempotency-Key is being settled; retry later',
+          {
+            retryAfterSeconds: 5,
+          },
+        );
       case 'mismatch':
         throw reused();
       case 'in_progress':
@@ -208,10 +238,11 @@ export class IdempotentGenerator {
           'REQUEST_IN_PROGRESS',
           'A request with this Idempotency-Key is still running; retry later',
           {
-            retryAfterSeconds: Math.min(
-              30,
-              Math.max(1, Math.ceil((outcome.leaseUntil.getTime() - now.getTime()) / 1000)),
-            ),
+            // Past the claim's window the job is recorded and running: a run takes seconds to minutes.
+            retryAfterSeconds:
+              outcome.leaseUntil > now
+                ? Math.min(30, Math.max(1, Math.ceil((outcome.leaseUntil.getTime() - now.getTime()) / 1000)))
+                : 10,
           },
         );
       case 'completed': {
@@ -233,6 +264,13 @@ export class IdempotentGenerator {
           replayed: false,
         };
     }
+  }
+
+  private claim(keyHash: string, claim: IdempotencyRecord, now: Date) {
+    return storageCall(
+      'Could not record the idempotency key',
+      this.deps.metadata.claimIdempotencyKey(keyHash, claim, now),
+    );
   }
 
   private async runClaimed(
