@@ -39,6 +39,11 @@ Options (each may also be given as the environment variable in brackets):
                           function name or a custom domain (default
                           https://<region>-<project>.cloudfunctions.net/imageGen)
                           [FUNCTION_URL]
+  --edit-source-buckets LIST
+                          comma-separated buckets (besides --bucket) whose
+                          objects edits may read as gs:// sources; the runtime
+                          account gets read access to objects in each, and
+                          nothing else [EDIT_SOURCE_BUCKETS]
   --reconcile-schedule CRON
                           how often the reconciler runs, five cron fields in
                           UTC (default '*/10 * * * *') [RECONCILE_SCHEDULE]
@@ -68,6 +73,7 @@ IMAGE_RETENTION_DAYS="${IMAGE_RETENTION_DAYS:-}"
 SCHEDULER_ACCOUNT="${SCHEDULER_ACCOUNT:-imagegen-scheduler}"
 FUNCTION_URL="${FUNCTION_URL:-}"
 RECONCILE_SCHEDULE="${RECONCILE_SCHEDULE:-*/10 * * * *}"
+EDIT_SOURCE_BUCKETS="${EDIT_SOURCE_BUCKETS:-}"
 DRY_RUN=false
 
 need_value() {
@@ -94,6 +100,8 @@ while [[ $# -gt 0 ]]; do
     --scheduler-account=*) SCHEDULER_ACCOUNT="${1#*=}"; shift ;;
     --function-url) need_value "$@"; FUNCTION_URL="$2"; shift 2 ;;
     --function-url=*) FUNCTION_URL="${1#*=}"; shift ;;
+    --edit-source-buckets) need_value "$@"; EDIT_SOURCE_BUCKETS="$2"; shift 2 ;;
+    --edit-source-buckets=*) EDIT_SOURCE_BUCKETS="${1#*=}"; shift ;;
     --reconcile-schedule) need_value "$@"; RECONCILE_SCHEDULE="$2"; shift 2 ;;
     --reconcile-schedule=*) RECONCILE_SCHEDULE="${1#*=}"; shift ;;
     --dry-run) DRY_RUN=true; shift ;;
@@ -136,6 +144,19 @@ cron_field='[A-Za-z0-9*/,-]+'
 cron_re="^ *${cron_field}( +${cron_field}){4} *\$"
 [[ "$RECONCILE_SCHEDULE" =~ $cron_re ]] ||
   die "RECONCILE_SCHEDULE must be a cron schedule of five fields (minute hour day month weekday, e.g. '*/10 * * * *'), got '$RECONCILE_SCHEDULE'"
+
+SOURCE_BUCKETS=()
+if [[ -n "$EDIT_SOURCE_BUCKETS" ]]; then
+  IFS=',' read -r -a listed <<<"$EDIT_SOURCE_BUCKETS"
+  for source in "${listed[@]}"; do
+    source="${source// /}"
+    [[ -n "$source" ]] || continue
+    [[ "$source" =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]] ||
+      die "EDIT_SOURCE_BUCKETS: '$source' is not a valid bucket name (give names, not gs:// URIs)"
+    [[ "$source" != "$BUCKET" ]] || continue
+    SOURCE_BUCKETS+=("$source")
+  done
+fi
 
 if [[ "$DRY_RUN" == false ]]; then
   command -v gcloud >/dev/null 2>&1 || die "gcloud is not installed (https://cloud.google.com/sdk/docs/install)"
@@ -403,6 +424,11 @@ note "Granting the runtime service account only what it needs"
 # Objects in this one bucket (not project-wide storage access).
 run_retry gcloud storage buckets add-iam-policy-binding "gs://$BUCKET" \
   --member="$SA_MEMBER" --role=roles/storage.objectAdmin --project="$PROJECT_ID"
+# Read-only access to objects in each bucket edits may take their sources from.
+for source in "${SOURCE_BUCKETS[@]}"; do
+  run_retry gcloud storage buckets add-iam-policy-binding "gs://$source" \
+    --member="$SA_MEMBER" --role=roles/storage.objectViewer --project="$PROJECT_ID"
+done
 # Firestore read/write. Firestore has no per-database IAM without conditions.
 run_retry gcloud projects add-iam-policy-binding "$PROJECT_ID" \
   --member="$SA_MEMBER" --role=roles/datastore.user --condition=None
@@ -456,6 +482,9 @@ else
   note "Setup done."
 fi
 note "Next: cp env.yaml.example env.yaml and set GCS_BUCKET: \"$BUCKET\""
+if [[ ${#SOURCE_BUCKETS[@]} -gt 0 ]]; then
+  note "      and EDIT_SOURCE_BUCKETS: \"$(IFS=,; echo "${SOURCE_BUCKETS[*]}")\""
+fi
 if [[ "$FIRESTORE_DATABASE" != "(default)" ]]; then
   note "      and FIRESTORE_DATABASE: \"$FIRESTORE_DATABASE\""
 fi

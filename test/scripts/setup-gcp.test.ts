@@ -419,6 +419,29 @@ describe('setup-gcp.sh --dry-run', () => {
     ]);
   });
 
+  test('--edit-source-buckets grants read on objects of each source bucket, and nothing more', () => {
+    for (const result of [
+      dryRun(['--edit-source-buckets', 'shots-raw, shots-archive,,' + `${PROJECT}-imagegen`]),
+      dryRun([], {EDIT_SOURCE_BUCKETS: 'shots-raw,shots-archive'}),
+    ]) {
+      const reads = commands(result, 'gcloud', 'storage', 'buckets', 'add-iam-policy-binding').filter(cmd =>
+        cmd.includes('--role=roles/storage.objectViewer'),
+      );
+      expect(reads.map(cmd => cmd[4])).toEqual(['gs://shots-raw', 'gs://shots-archive']);
+      for (const cmd of reads) expect(cmd).toContain(SA_MEMBER);
+      expect(result.printed.flat().filter(word => word.startsWith('--role='))).toHaveLength(6);
+      expect(result.stdout).toContain('EDIT_SOURCE_BUCKETS: "shots-raw,shots-archive"');
+    }
+    expect(
+      commands(dryRun(), 'gcloud', 'storage', 'buckets', 'add-iam-policy-binding').map(cmd => cmd[4]),
+    ).toEqual([`gs://${PROJECT}-imagegen`]);
+  });
+
+  test('rejects an edit source that is not a bucket name', () => {
+    const result = rejected(['--edit-source-buckets', 'gs://shots-raw']);
+    expect(result.stderr).toContain("'gs://shots-raw' is not a valid bucket name");
+  });
+
   test('grants no project-level storage role and no owner or editor role', () => {
     const result = dryRun(['--retention-days', '3']);
     const projectBindings = commands(result, 'gcloud', 'projects', 'add-iam-policy-binding');
