@@ -217,9 +217,9 @@ function unhandledError(req: IncomingMessage, error: unknown): AppError {
   };
   const known = typeof type === 'string' ? KNOWN_ERRORS[type] : undefined;
   if (known) return new AppError(known.code, known.message, {cause: error});
-  if ((error as {missingHost?: unknown}).missingHost) {
-    return new AppError('BAD_REQUEST', 'An HTTP/1.1 request needs a Host header');
-  }
+  const badHost = (error as {badHost?: unknown}).badHost;
+  if (badHost === 'missing') return new AppError('BAD_REQUEST', 'An HTTP/1.1 request needs a Host header');
+  if (badHost === 'repeated') return new AppError('BAD_REQUEST', 'A request must have only one Host header');
   if (typeof message === 'string' && message.startsWith('Failed to decode param')) {
     return new AppError('BAD_REQUEST', 'The path has a malformed %-escape', {cause: error});
   }
@@ -228,6 +228,12 @@ function unhandledError(req: IncomingMessage, error: unknown): AppError {
     return new AppError(CODE_BY_STATUS[code] ?? 'BAD_REQUEST', 'The request was refused', {cause: error});
   }
   return new AppError('SERVICE_ERROR', 'Internal error; the request was not completed', {cause: error});
+}
+
+function hostHeaderCount(rawHeaders: string[]): number {
+  let count = 0;
+  for (let i = 0; i < rawHeaders.length; i += 2) if (rawHeaders[i]!.toLowerCase() === 'host') count++;
+  return count;
 }
 
 export function installFrameworkAdapters(): void {
@@ -241,9 +247,13 @@ export function installFrameworkAdapters(): void {
     adoptApp(this);
     adoptServer((req.socket as {server?: unknown} | null)?.server);
     const done = (err?: unknown) => answerUnhandled(req, res, err);
-    // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400 (Node's own check is turned off above).
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host, or with more than one, is a 400 (Node's own
+    // check is turned off above, and Node keeps the first of several Host headers silently).
     if (req.httpVersion === '1.1' && req.headers.host === undefined) {
-      return done(Object.assign(new Error('missing Host'), {status: 400, missingHost: true}));
+      return done(Object.assign(new Error('missing Host'), {status: 400, badHost: 'missing'}));
+    }
+    if (hostHeaderCount(req.rawHeaders) > 1) {
+      return done(Object.assign(new Error('repeated Host'), {status: 400, badHost: 'repeated'}));
     }
     return original.call(this, req, res, done);
   };

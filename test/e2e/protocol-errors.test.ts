@@ -34,6 +34,12 @@ const CASES: [string, number, string, {head: string; body?: string}][] = [
   ['not HTTP at all', 400, 'BAD_REQUEST', {head: 'hello there'}],
   ['an HTTP/1.1 request without Host', 400, 'BAD_REQUEST', {head: 'GET /health HTTP/1.1'}],
   [
+    'two Host headers',
+    400,
+    'BAD_REQUEST',
+    {head: 'GET /health HTTP/1.1\r\nHost: localhost\r\nHost: evil.example.com'},
+  ],
+  [
     'a path that looks like another host',
     404,
     'NOT_FOUND',
