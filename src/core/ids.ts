@@ -10,6 +10,14 @@ export function objectPathFor(jobId: string, index: number, imageId: string, ext
   return `images/${jobId}/${String(index).padStart(3, '0')}-${imageId}.${extension}`;
 }
 
+const OBJECT_PATH = /^images\/([^/]+)\/\d{3,}-([^/.]+)\.[a-z]+$/;
+
+/** The image id an object path made by `objectPathFor` carries; null for any other path. */
+export function imageIdOfObjectPath(path: string): string | null {
+  const match = OBJECT_PATH.exec(path);
+  return match && isId(match[1]!) && isId(match[2]!) ? match[2]! : null;
+}
+
 export function jobPrefix(jobId: string): string {
   return `images/${jobId}/`;
 }

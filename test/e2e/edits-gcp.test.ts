@@ -161,8 +161,8 @@ describeWithFirestore('POST /edits, Cloud Storage + Firestore', () => {
     expect([tooLarge.status, tooLarge.body.details.fields]).toEqual([
       400,
       [
-        {field: 'images[0]', message: `is over the limit of ${FIFTY_MB} bytes`},
-        {field: 'images[1]', message: `is over the limit of ${FIFTY_MB} bytes`},
+        {field: 'images[0]', message: `is not under the limit of ${FIFTY_MB} bytes`},
+        {field: 'images[1]', message: `is not under the limit of ${FIFTY_MB} bytes`},
       ],
     ]);
     expect(editCalls()).toHaveLength(0);

@@ -386,7 +386,7 @@ describe('POST /edits, local store', () => {
       expect(
         (await refused('/edits', formOf([{data: image}, {field: 'mask', data: big}], {prompt: 'x'})))
           .problems,
-      ).toEqual([`mask: is ${big.length} bytes; at most ${4 * 1024 * 1024}`]);
+      ).toEqual([`mask: is ${big.length} bytes; it must be under ${4 * 1024 * 1024}`]);
     });
 
     test('markup only on models that take it, and never with a mask', async () => {

@@ -1,5 +1,6 @@
 import {createHash, randomBytes} from 'node:crypto';
 import {Readable} from 'node:stream';
+import sharp from 'sharp';
 import {HeaderImageCodec} from '../../src/adapters/imaging/image-codec';
 import {ModelCatalogue} from '../../src/core/catalogue';
 import {AppError, validationError, type FieldProblem} from '../../src/core/errors';
@@ -198,22 +199,33 @@ describe('resolveEditInputs', () => {
     });
   });
 
-  test('an image over 50 MB, and a mask over 4 MB, are refused', async () => {
+  test('an image of 50 MB, and a mask of 4 MB, are refused: OpenAI takes less', async () => {
     const {deps} = setUp();
     const png = await solidImage('png', 64, 64, {alpha: true});
-    const oversized = Buffer.concat([png, Buffer.alloc(EDIT_LIMITS.imageBytes + 1 - png.length)]);
-    const bigMask = Buffer.concat([png, Buffer.alloc(EDIT_LIMITS.maskBytes + 1 - png.length)]);
+    const oversized = Buffer.concat([png, Buffer.alloc(EDIT_LIMITS.imageBytes - png.length)]);
+    const bigMask = Buffer.concat([png, Buffer.alloc(EDIT_LIMITS.maskBytes - png.length)]);
     expect(await failure(resolveEditInputs(deps, alice, {images: [bytes(oversized)]}))).toEqual({
       code: 'VALIDATION_ERROR',
-      problems: [`images[0]: is ${EDIT_LIMITS.imageBytes + 1} bytes; at most ${EDIT_LIMITS.imageBytes}`],
+      problems: [`images[0]: is ${EDIT_LIMITS.imageBytes} bytes; it must be under ${EDIT_LIMITS.imageBytes}`],
     });
     expect(
       await failure(resolveEditInputs(deps, alice, {images: [bytes(png)], mask: bytes(bigMask)})),
     ).toEqual({
       code: 'VALIDATION_ERROR',
-      problems: [`mask: is ${EDIT_LIMITS.maskBytes + 1} bytes; at most ${EDIT_LIMITS.maskBytes}`],
+      problems: [`mask: is ${EDIT_LIMITS.maskBytes} bytes; it must be under ${EDIT_LIMITS.maskBytes}`],
     });
   });
+
+  /** An image a finished job of `owner` stored, as a run stores it. */
+  async function storedImageOf(objects: MemoryObjectStore, metadata: MemoryMetadataStore, owner: string) {
+    const data = await solidImage('png');
+    const job = finishedJob({owner}, 1);
+    const image = {...job.images[0]!, bytes: data.length};
+    await objects.put(image.object_path, data, {contentType: 'image/png', metadata: {}});
+    await metadata.createJob(runningJob({...job, images: [image]}));
+    await metadata.completeJob({...job, images: [image]});
+    return {data, job, image};
+  }
 
   test('a mask or markup is a PNG with alpha, the size of the first image', async () => {
     const {deps} = setUp();
@@ -246,12 +258,7 @@ describe('resolveEditInputs', () => {
 
   test("image ids resolve to the requester's own images only", async () => {
     const {deps, objects, metadata} = setUp();
-    const data = await solidImage('png');
-    const job = finishedJob({owner: 'alice'}, 1);
-    const image = {...job.images[0]!, bytes: data.length};
-    await objects.put(image.object_path, data, {contentType: 'image/png', metadata: {}});
-    await metadata.createJob(runningJob({...job, images: [image]}));
-    await metadata.completeJob({...job, images: [image]});
+    const {data, job, image} = await storedImageOf(objects, metadata, 'alice');
     const resolved = await resolveEditInputs(deps, alice, {images: [{kind: 'image_id', id: image.id}]});
     const sent = Buffer.from(await resolved.upstream.images[0]!.data.arrayBuffer());
     expect(sent.equals(data)).toBe(true);
@@ -264,6 +271,42 @@ describe('resolveEditInputs', () => {
         problems: ['images[0]: no such image'],
       },
     );
+  });
+
+  test("a gs:// URI of one of the function's own images is read through its record: its owner's only", async () => {
+    const {deps, objects, metadata} = setUp();
+    const {data, job, image} = await storedImageOf(objects, metadata, 'alice');
+    const uri = (path: string) => ({kind: 'gcs_uri' as const, bucket: 'own-bucket', path});
+    const resolved = await resolveEditInputs(deps, alice, {images: [uri(image.object_path)]});
+    expect(resolved.sources[0]).toMatchObject({gcs_uri: `gs://own-bucket/${image.object_path}`});
+    const notFound = {code: 'IMAGE_NOT_FOUND', problems: ['images[0]: no such image']};
+    expect(await failure(resolveEditInputs(deps, bob, {images: [uri(image.object_path)]}))).toEqual(notFound);
+    // Its id under another job's prefix, and paths under images/ that are not an image's, are not found either.
+    const elsewhere = image.object_path.replace(job.id, finishedJob({}, 1).id);
+    await objects.put(elsewhere, data, {contentType: 'image/png', metadata: {}});
+    await objects.put(`images/${job.id}/copy.png`, data, {contentType: 'image/png', metadata: {}});
+    for (const path of [elsewhere, `images/${job.id}/copy.png`]) {
+      expect(await failure(resolveEditInputs(deps, alice, {images: [uri(path)]}))).toEqual(notFound);
+    }
+  });
+
+  test('an EXIF-turned JPEG is measured as shown: its mask has the turned size', async () => {
+    const {deps} = setUp();
+    const turned = await sharp(await solidImage('jpeg', 64, 48))
+      .withMetadata({orientation: 6})
+      .toBuffer();
+    const resolved = await resolveEditInputs(deps, alice, {
+      images: [bytes(turned)],
+      mask: bytes(await solidImage('png', 48, 64, {alpha: true})),
+    });
+    expect(resolved.upstream.mask?.contentType).toBe('image/png');
+    const refused = await failure(
+      resolveEditInputs(deps, alice, {
+        images: [bytes(turned)],
+        mask: bytes(await solidImage('png', 64, 48, {alpha: true})),
+      }),
+    );
+    expect(refused.problems).toEqual(['mask: is 64x48; it must be the size of the first image, 48x64']);
   });
 
   test('gs:// sources: the own bucket and EDIT_SOURCE_BUCKETS; any other bucket is refused', async () => {
@@ -298,9 +341,9 @@ describe('resolveEditInputs', () => {
     ).toEqual({code: 'IMAGE_NOT_FOUND', problems: ['images[0]: no such image']});
   });
 
-  test('objects over 50 MB are refused in either bucket, before they are kept', async () => {
+  test('objects of 50 MB are refused in either bucket, before they are kept', async () => {
     const {deps, objects, foreign} = setUp();
-    const big = Buffer.alloc(EDIT_LIMITS.imageBytes + 1);
+    const big = Buffer.alloc(EDIT_LIMITS.imageBytes);
     await objects.put('big.png', big, {contentType: 'image/png', metadata: {}});
     foreign.objects.set('shared-sources/big.png', big);
     const result = await failure(
@@ -312,8 +355,8 @@ describe('resolveEditInputs', () => {
       }),
     );
     expect(result.problems).toEqual([
-      `images[0]: is over the limit of ${EDIT_LIMITS.imageBytes} bytes`,
-      `images[1]: is over the limit of ${EDIT_LIMITS.imageBytes} bytes`,
+      `images[0]: is not under the limit of ${EDIT_LIMITS.imageBytes} bytes`,
+      `images[1]: is not under the limit of ${EDIT_LIMITS.imageBytes} bytes`,
     ]);
   });
 

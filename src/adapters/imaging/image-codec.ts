@@ -39,10 +39,12 @@ export class HeaderImageCodec implements ImageCodec {
     }
     const format = header.type === undefined ? undefined : FORMATS[header.type];
     if (!format || !header.width || !header.height) return null;
+    // EXIF orientations 5-8 turn the picture a quarter: it is shown, and edited, the other way round.
+    const turned = header.orientation !== undefined && header.orientation >= 5 && header.orientation <= 8;
     return {
       ...format,
-      width: header.width,
-      height: header.height,
+      width: turned ? header.height : header.width,
+      height: turned ? header.width : header.height,
       bytes: data.length,
       sha256: knownSha256 ?? createHash('sha256').update(data).digest('hex'),
       alpha: hasAlpha(header.type!, data),

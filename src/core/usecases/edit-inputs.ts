@@ -5,9 +5,10 @@ import {imageBytesFromStream, imageBytesOf, wholeBytes, type ImageBytes} from '.
 import type {ForeignObjects, ImageCodec, ImageInfo, InputImage, MetadataStore, ObjectStore} from '../ports';
 import type {SourceImage} from '../records';
 import type {Requester} from '../requester';
+import {imageIdOfObjectPath} from '../ids';
 import {findImage} from './images';
 
-/** OpenAI's limits on edit inputs. */
+/** OpenAI's limits on edit inputs: each must be less than 50 MB (a mask, less than 4 MB). */
 export const EDIT_LIMITS = {imageBytes: 50 * 1024 * 1024, maskBytes: 4 * 1024 * 1024};
 
 const EDITABLE_TYPES = new Set(['image/png', 'image/jpeg', 'image/webp']);
@@ -137,30 +138,39 @@ async function bytesOf(
   requester: Requester,
   ref: ImageReference,
   field: string,
-  maxBytes: number,
+  limit: number,
   problems: FieldProblem[],
 ): Promise<ImageBytes | null> {
+  // OpenAI's limits are "less than": the most it takes is a byte under.
+  const maxBytes = limit - 1;
   const tooLarge = (bytes: number) => {
-    problems.push({field, message: `is ${bytes} bytes; at most ${maxBytes}`});
+    problems.push({field, message: `is ${bytes} bytes; it must be under ${limit}`});
     return null;
   };
   const overLimit = () => {
-    problems.push({field, message: `is over the limit of ${maxBytes} bytes`});
+    problems.push({field, message: `is not under the limit of ${limit} bytes`});
     return null;
   };
   if (ref.kind === 'bytes') return ref.data.size > maxBytes ? tooLarge(ref.data.size) : ref.data;
-  if (ref.kind === 'image_id') {
-    const found = await findImage(deps, requester, ref.id).catch((error: unknown) => {
+  const stored = async (id: string, path?: string) => {
+    const found = await findImage(deps, requester, id).catch((error: unknown) => {
       if (error instanceof AppError && error.code === 'IMAGE_NOT_FOUND') return null;
       throw error;
     });
-    if (!found) return missing(field, problems);
+    if (!found || (path !== undefined && found.image.object_path !== path)) return missing(field, problems);
     if (found.image.bytes > maxBytes) return tooLarge(found.image.bytes);
     const stream = await storageCall(
       'Could not read an image to edit',
       deps.objects.read(found.image.object_path),
     );
     return stream ? readAll(stream, maxBytes, overLimit) : missing(field, problems);
+  };
+  if (ref.kind === 'image_id') return stored(ref.id);
+  if (ref.bucket === deps.ownBucket && ref.path.startsWith('images/')) {
+    // The function's own images belong to the callers that made them: a gs:// URI of one is
+    // read through its record, as its image_id would be, so another caller's is not found.
+    const id = imageIdOfObjectPath(ref.path);
+    return id ? stored(id, ref.path) : missing(field, problems);
   }
   if (ref.bucket === deps.ownBucket) {
     const stream = await storageCall('Could not read an image to edit', deps.objects.read(ref.path));
