@@ -21,6 +21,18 @@ describe('Cloud Storage (GCS JSON-API test server)', () => {
       'public, max-age=31536000, immutable',
     );
   });
+  test('an SVG is stored to be downloaded, never shown as a page; other images are not', async () => {
+    const store = new GcsObjectStore(storageClientFor(server).bucket('contract-bucket'));
+    await store.put('images/svg/000-a.svg', Buffer.from('<svg xmlns="http://www.w3.org/2000/svg"/>'), {
+      contentType: 'image/svg+xml',
+      metadata: {},
+    });
+    await store.put('images/svg/001-b.png', Buffer.from('x'), {contentType: 'image/png', metadata: {}});
+    expect(server.getObject('contract-bucket', 'images/svg/000-a.svg')?.contentDisposition).toBe(
+      'attachment',
+    );
+    expect(server.getObject('contract-bucket', 'images/svg/001-b.png')?.contentDisposition).toBeUndefined();
+  });
 });
 
 describe('Cloud Storage reads under faults', () => {

@@ -6,7 +6,7 @@
  * Served (JSON paths with the `/storage/v1` prefix, or without it, see STORAGE_EMULATOR_HOST below):
  *
  * - `file.save(data, {resumable: false})`: `POST /upload/storage/v1/b/B/o?uploadType=multipart&name=N`.
- *   The resource part may set contentType, cacheControl, metadata and md5Hash (checked against the
+ *   The resource part may set contentType, cacheControl, contentDisposition, metadata and md5Hash (checked against the
  *   bytes: 400 on a mismatch). `ifGenerationMatch=0` makes the upload create-only (412 if the
  *   object exists); any other value must equal the live generation.
  * - `file.getMetadata()`: `GET .../b/B/o/N`; `file.createReadStream()`: `GET .../b/B/o/N?alt=media`
@@ -114,6 +114,7 @@ export interface StoredObject {
   data: Buffer;
   contentType: string;
   cacheControl?: string;
+  contentDisposition?: string;
   metadata: Record<string, string>;
   generation: string;
   md5Hash: string;
@@ -328,7 +329,7 @@ const JSON_ROUTES: Record<string, GcsOperation> = {
 };
 
 /** Resource fields a multipart upload may set; any other one is refused with 501. */
-const UPLOAD_FIELDS = new Set(['contentType', 'cacheControl', 'metadata', 'md5Hash']);
+const UPLOAD_FIELDS = new Set(['contentType', 'cacheControl', 'contentDisposition', 'metadata', 'md5Hash']);
 
 /** Query parameters that make a request a V4-signed XML API request (matched case-insensitively). */
 const SIGNED_QUERY_MARKERS = new Set(['x-goog-algorithm', 'x-goog-credential', 'x-goog-signature']);
@@ -632,6 +633,7 @@ class GcsServer implements GcsTestServer {
       updated: o.timeCreated, // objects are never patched here
     };
     if (o.cacheControl !== undefined) resource.cacheControl = o.cacheControl;
+    if (o.contentDisposition !== undefined) resource.contentDisposition = o.contentDisposition;
     if (Object.keys(o.metadata).length > 0) resource.metadata = {...o.metadata};
     return resource;
   }
@@ -686,6 +688,8 @@ class GcsServer implements GcsTestServer {
     };
     const cacheControl = stringField(resource, 'cacheControl');
     if (cacheControl !== undefined) stored.cacheControl = cacheControl;
+    const contentDisposition = stringField(resource, 'contentDisposition');
+    if (contentDisposition !== undefined) stored.contentDisposition = contentDisposition;
     objects.set(name, stored);
     return jsonReply(200, this.objectResource(stored));
   }
@@ -851,6 +855,7 @@ function mediaReply(obj: StoredObject): Reply {
     status: 200,
     headers: {
       'content-type': obj.contentType,
+      ...(obj.contentDisposition ? {'content-disposition': obj.contentDisposition} : {}),
       'x-goog-hash': `crc32c=${obj.crc32c},md5=${obj.md5Hash}`,
       // The client validates only objects it knows were stored without content encoding.
       'x-goog-stored-content-encoding': 'identity',

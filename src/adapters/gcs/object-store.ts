@@ -6,6 +6,7 @@ import type {ForeignObjects, ObjectInfo, ObjectStore} from '../../core/ports';
 
 /** Objects are immutable once written (ids are never reused), so caches may keep them for good. */
 const IMMUTABLE_CACHE_CONTROL = 'public, max-age=31536000, immutable';
+const SVG = 'image/svg+xml';
 
 const READ_ATTEMPTS = 3;
 
@@ -50,6 +51,9 @@ export class GcsObjectStore implements ObjectStore {
         metadata: {
           contentType: info.contentType,
           cacheControl: IMMUTABLE_CACHE_CONTROL,
+          // An SVG opened from its URL would run its scripts in the bucket's origin; downloaded, it cannot.
+          // (An <img> ignores this and shows it.)
+          ...(info.contentType === SVG ? {contentDisposition: 'attachment'} : {}),
           metadata: info.metadata,
           md5Hash,
         },
