@@ -484,7 +484,9 @@ export function ruleProblems(
     });
   }
   if (p.size !== undefined && !rules.sizes.includes(p.size)) {
-    const reason = rules.customSizes ? customSizeProblem(p.size, rules.customSizes) : 'not supported';
+    const reason = rules.customSizes
+      ? customSizeProblem(p.size, rules.customSizes, {checkMinimum: false})
+      : 'not supported';
     if (reason !== null) {
       const custom = rules.customSizes ? ' or a custom WIDTHxHEIGHT' : '';
       refuse(

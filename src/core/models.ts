@@ -26,7 +26,11 @@ export interface CustomSizeLimits {
   multiple: number;
   maxEdge: number;
   maxPixels: number;
-  /** Third-party pages give this minimum; the SDK speaks of "current pixel limits" without numbers. */
+  /**
+   * Third-party pages give this minimum; the SDK speaks of "current pixel limits" without numbers.
+   * Unconfirmed, so it only keeps sizes we choose (for a replaced model) above it; a caller's own
+   * size below it is left for OpenAI to judge rather than refused here.
+   */
   minPixels: number;
   maxAspect: number;
 }
@@ -229,6 +233,7 @@ export function statusOn(entry: ModelEntry, day: string): ModelStatus {
 export function customSizeProblem(
   size: string,
   limits: CustomSizeLimits = CUSTOM_SIZE_LIMITS,
+  {checkMinimum}: {checkMinimum: boolean} = {checkMinimum: true},
 ): string | null {
   const dimensions = parseSize(size);
   if (!dimensions) return 'must look like WIDTHxHEIGHT';
@@ -238,7 +243,8 @@ export function customSizeProblem(
   }
   if (Math.max(width, height) > limits.maxEdge) return `no edge may exceed ${limits.maxEdge} pixels`;
   if (width * height > limits.maxPixels) return 'at most 3840x2160 pixels in total';
-  if (width * height < limits.minPixels) return `at least ${limits.minPixels} pixels in total`;
+  if (checkMinimum && width * height < limits.minPixels)
+    return `at least ${limits.minPixels} pixels in total`;
   if (Math.max(width, height) / Math.min(width, height) > limits.maxAspect) {
     return `aspect ratio must be between 1:${limits.maxAspect} and ${limits.maxAspect}:1`;
   }

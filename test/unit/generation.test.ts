@@ -6,7 +6,13 @@ import {
   type GenerateCommand,
   type PlanContext,
 } from '../../src/core/generation';
-import {MODEL_CATALOGUE, customSizeProblem, splitIntoCalls, statusOn} from '../../src/core/models';
+import {
+  CUSTOM_SIZE_LIMITS,
+  MODEL_CATALOGUE,
+  customSizeProblem,
+  splitIntoCalls,
+  statusOn,
+} from '../../src/core/models';
 
 const BEFORE = '2026-11-23';
 const AFTER = '2026-12-02';
@@ -194,12 +200,20 @@ describe('the catalogue rules, one by one', () => {
     ['4096x1024', 'no edge may exceed 3840 pixels'],
     ['3840x2176', 'at most 3840x2160 pixels in total'],
     ['3520x2400', 'at most 3840x2160 pixels in total'],
-    ['512x512', 'at least 655360 pixels in total'],
     ['3200x1056', 'aspect ratio must be between 1:3 and 3:1'],
   ])('custom size %s is refused: %s', (size, reason) => {
     expect(problems({prompt: 'x', model: 'gpt-image-2', size})).toEqual([
       `size: '${size}' is invalid for gpt-image-2 (${reason}); allowed: 1024x1024, 1536x1024, 1024x1536, auto or a custom WIDTHxHEIGHT`,
     ]);
+  });
+
+  test("a caller's small custom size is left for OpenAI to judge; a size chosen for a replaced model keeps above the reported minimum", () => {
+    const small = plan({prompt: 'x', model: 'gpt-image-2', size: '512x512'}).plan;
+    expect([small.parameters.size, small.resizeTo]).toEqual(['512x512', null]);
+    const replaced = plan({prompt: 'x', model: 'dall-e-2', size: '256x256'}).plan;
+    expect(replaced.resizeTo).toEqual({width: 256, height: 256});
+    const [width, height] = replaced.parameters.size.split('x').map(Number);
+    expect(width! * height!).toBeGreaterThanOrEqual(CUSTOM_SIZE_LIMITS.minPixels);
   });
 
   test('xhigh and max: only the 2.5 models', () => {
