@@ -83,9 +83,9 @@ export const UpstreamParametersSchema = z.object({
   frame_duration_ms: z
     .int()
     .min(1)
-    .max(655_350)
+    .max(2_147_483_647)
     .optional()
-    .describe('Delay per GIF frame (OpenAI defaults to 200).'),
+    .describe('Delay per GIF frame (OpenAI defaults to 200, rounds to 10 ms and caps at 655,350).'),
   svg: z
     .strictObject({
       model: z.string().min(1).max(64).describe('The model that authors the SVG.'),
@@ -364,12 +364,20 @@ export const EditUploadSchema = z
 /** The fields of an edit besides its images, as documented (a multipart body documents them too). */
 export const EDIT_FIELD_SCHEMAS = {prompt: editPrompt, ...editFields};
 
-/** Validates a parsed JSON edit body; throws VALIDATION_ERROR naming every problem. */
-export function parseEditBody(body: unknown): GenerateRequest {
+/**
+ * The body's fields, with those set to null left out: the SDK's types let
+ * every parameter be null, meaning "not given", and clients send it so.
+ */
+function givenFields(body: unknown): Record<string, unknown> {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
     throw validationError([{field: '(body)', message: 'must be a JSON object'}]);
   }
-  const parsed = EditRequestSchema.safeParse(body);
+  return Object.fromEntries(Object.entries(body).filter(([, value]) => value !== null));
+}
+
+/** Validates a parsed JSON edit body; throws VALIDATION_ERROR naming every problem. */
+export function parseEditBody(body: unknown): GenerateRequest {
+  const parsed = EditRequestSchema.safeParse(givenFields(body));
   if (!parsed.success) throw validationError(zodProblems(parsed.error));
   return parsed.data;
 }
@@ -379,11 +387,9 @@ export const GenerateBodySchema = z.union([GenerateRequestSchema, LegacyGenerate
 
 /** Validates a parsed JSON body as one of the two payloads; throws VALIDATION_ERROR naming every problem. */
 export function parseGenerateBody(body: unknown): GenerateRequest {
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
-    throw validationError([{field: '(body)', message: 'must be a JSON object'}]);
-  }
-  const schema = Object.hasOwn(body, 'input') ? LegacyGenerateRequestSchema : GenerateRequestSchema;
-  const parsed = schema.safeParse(body);
+  const fields = givenFields(body);
+  const schema = Object.hasOwn(fields, 'input') ? LegacyGenerateRequestSchema : GenerateRequestSchema;
+  const parsed = schema.safeParse(fields);
   if (!parsed.success) throw validationError(zodProblems(parsed.error));
   return parsed.data;
 }

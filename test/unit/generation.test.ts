@@ -1,6 +1,7 @@
 import {CatalogueError, ModelCatalogue} from '../../src/core/catalogue';
 import {AppError, type FieldProblem} from '../../src/core/errors';
 import {
+  parseEditBody,
   parseGenerateBody,
   planGeneration,
   type GenerateCommand,
@@ -129,6 +130,18 @@ describe('the payloads', () => {
     expect(problems({input: {body: {prompt_image: 'x', model: 'dall-e-3', size: '1x1'}}})).toEqual([
       expect.stringMatching(/^input\.body\.size: '1x1' is invalid for dall-e-3/),
     ]);
+  });
+
+  test('a field set to null is not given, as the SDK means it', () => {
+    const withNulls = plan({prompt: 'x', size: null, quality: null, model: null, n: null, stream: null});
+    expect(withNulls).toEqual(plan({prompt: 'x'}));
+    expect(problems({prompt: null})).toEqual(problems({}));
+    expect(parseEditBody({prompt: 'x', images: [{b64_json: 'AAAA'}], mask: null}).edit?.mask).toBeUndefined();
+  });
+
+  test('a GIF frame delay above what GIF encodes is taken: OpenAI caps it', () => {
+    const gif = plan({prompt: 'x', model: 'gpt-image-2', output_format: 'gif', frame_duration_ms: 1_000_000});
+    expect(gif.plan.parameters.frame_duration_ms).toBe(1_000_000);
   });
 
   test.each([null, [], 'text', 42])('a body that is not an object (%j) is refused', body => {
