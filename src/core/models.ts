@@ -199,7 +199,8 @@ export const MODEL_CATALOGUE: readonly ModelEntry[] = [
       maxPromptChars: 4000,
       maxImagesPerCall: 1,
     },
-    // dall-e-3 standard ($0.04) sits between medium and high at 1024x1024; hd is high.
+    // dall-e-3 standard ($0.04) sits between medium and high at 1024x1024; hd is high. Standard goes to
+    // medium so the two stay apart and a caller never pays more than before the shutdown.
     legacy: {qualities: {standard: 'medium', hd: 'high'}, defaultQuality: 'medium'},
   },
   {
