@@ -1,7 +1,10 @@
+import {randomUUID} from 'node:crypto';
 import {mkdtempSync, rmSync} from 'node:fs';
 import {tmpdir} from 'node:os';
 import {join} from 'node:path';
 import {getJson, postJson, startFunction, type RunningFunction} from '../support/function-server';
+import {firestoreForTests} from '../support/firestore';
+import {startGcsTestServer} from '../support/gcs-server';
 import {OpenApiValidator} from '../support/openapi-validator';
 import {makeReadOnly} from '../support/read-only';
 
@@ -72,6 +75,39 @@ describe('readiness says which component is not ready, and why; liveness stays u
       expect((await probe(fn, '/health')).status).toBe(200);
     } finally {
       undo();
+    }
+  });
+
+  test('a bucket the runtime account may not write to makes ready 503; Firestore takes its probe write', async () => {
+    const gcs = await startGcsTestServer({buckets: ['ready-bucket']});
+    const projectId = `probes-${randomUUID().slice(0, 8)}`;
+    const db = firestoreForTests(projectId);
+    try {
+      const fn = await start({
+        OPENAI_API_KEY: 'sk-test-key',
+        GCS_BUCKET: 'ready-bucket',
+        STORAGE_EMULATOR_HOST: gcs.url,
+        GOOGLE_CLOUD_PROJECT: projectId,
+      });
+      const ready = await probe(fn, '/ready');
+      expect([ready.status, ready.body.storage, ready.body.metadata]).toEqual([
+        200,
+        {kind: 'gcs', ok: true},
+        {kind: 'firestore', ok: true},
+      ]);
+      gcs.denyPermissions('ready-bucket', ['storage.objects.create']);
+      const denied = await probe(fn, '/ready');
+      expect([denied.status, denied.body.storage]).toEqual([
+        503,
+        {kind: 'gcs', ok: false, reason: 'is not writable (missing storage.objects.create)'},
+      ]);
+      expect(denied.body.metadata).toEqual({kind: 'firestore', ok: true});
+      // Neither check leaves anything behind.
+      expect(gcs.listObjectNames('ready-bucket')).toEqual([]);
+      expect((await db.collection('readiness').get()).size).toBe(0);
+    } finally {
+      await db.terminate();
+      await gcs.close();
     }
   });
 });

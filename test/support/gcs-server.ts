@@ -80,7 +80,7 @@ import vm from 'node:vm';
 import {CRC32C, Storage, type StorageOptions} from '@google-cloud/storage';
 import {listenOnLoopback} from './loopback-server';
 
-export type GcsOperation = 'upload' | 'download' | 'metadata' | 'delete' | 'list';
+export type GcsOperation = 'upload' | 'download' | 'metadata' | 'delete' | 'list' | 'testPermissions';
 
 /**
  * What goes wrong with a matching request. The answer is `status`, a connection reset or a hang
@@ -146,8 +146,10 @@ export interface GcsTestServer {
    * reset() restores it too. E.g. `server.setClock(() => Date.now() + 901_000)`.
    */
   setClock(now: (() => number) | undefined): void;
+  /** The runtime account lacks these on `bucket`: testPermissions leaves them out. reset() grants all. */
+  denyPermissions(bucket: string, permissions: string[]): void;
   /** Deletes all objects (buckets and trusted signers stay), clears faults, restores the real
-   *  clock, zeroes requestCount. */
+   *  clock, zeroes requestCount, grants every permission again. */
   reset(): void;
   /** Stops the server, ending open requests (hung ones included). */
   close(): Promise<void>;
@@ -318,6 +320,7 @@ const KNOWN_PARAMS: Record<GcsOperation, readonly string[]> = {
   metadata: [],
   delete: [],
   list: ['prefix', 'maxResults', 'pageToken'],
+  testPermissions: ['permissions'],
 };
 
 /** `<method> [/upload]/o[/N]` (the path after `/b/<bucket>`) to the operation. */
@@ -348,6 +351,15 @@ function parseRequest(method: string, url: URL): ParsedRequest {
       object: decodeURIComponent(m[2] ?? ''),
       query,
     };
+  }
+
+  const iam = /^(?:\/storage\/v1)?\/b\/([^/]+)\/iam\/testPermissions$/.exec(url.pathname);
+  if (iam && method === 'GET') {
+    for (const name of query.keys()) {
+      if (!KNOWN_PARAMS.testPermissions.includes(name))
+        throw notImplemented(`the query parameter '${name}' (testPermissions)`);
+    }
+    return {handler: 'testPermissions', api: 'json', bucket: decodeURIComponent(iam[1]!), query};
   }
 
   // '/storage/v1' is absent when the client's base URL is STORAGE_EMULATOR_HOST. An object name is
@@ -451,6 +463,8 @@ class GcsServer implements GcsTestServer {
   /** Bucket name to its objects by name. */
   private readonly buckets = new Map<string, Map<string, StoredObject>>();
   private faults: ActiveFault[] = [];
+  /** Permissions testPermissions answers as not granted, per bucket (every other one is). */
+  private readonly denied = new Map<string, Set<string>>();
   private lastGeneration = 0;
   private count = 0;
   private baseUrl = '';
@@ -518,7 +532,12 @@ class GcsServer implements GcsTestServer {
     this.now = now ?? Date.now;
   }
 
+  denyPermissions(bucket: string, permissions: string[]): void {
+    this.denied.set(bucket, new Set(permissions));
+  }
+
   reset(): void {
+    this.denied.clear();
     for (const objects of this.buckets.values()) objects.clear();
     this.clearFaults();
     this.now = Date.now;
@@ -604,6 +623,16 @@ class GcsServer implements GcsTestServer {
         return this.list(request);
       case 'signedRead':
         return this.signedRead(request, req);
+      case 'testPermissions': {
+        this.bucketOrThrow(request.bucket);
+        const denied = this.denied.get(request.bucket) ?? new Set<string>();
+        const granted = request.query.getAll('permissions').filter(permission => !denied.has(permission));
+        // Like Cloud Storage, the field is left out when nothing is granted.
+        return jsonReply(200, {
+          kind: 'storage#testIamPermissionsResponse',
+          ...(granted.length > 0 ? {permissions: granted} : {}),
+        });
+      }
     }
   }
 

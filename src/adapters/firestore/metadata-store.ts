@@ -1,3 +1,4 @@
+import {randomUUID} from 'node:crypto';
 import {isDeepStrictEqual} from 'node:util';
 import type {Firestore, Timestamp} from '@google-cloud/firestore';
 import type {
@@ -17,6 +18,7 @@ export const COLLECTIONS = {
   idempotency: 'idempotency',
   quotas: 'quotas',
   reservations: 'quota_reservations',
+  readiness: 'readiness',
 } as const;
 
 /** Quota counters and open reservations are kept two days, then removed by the TTL policy field. */
@@ -289,6 +291,16 @@ export class FirestoreMetadataStore implements MetadataStore {
   async ping(): Promise<void> {
     await this.db.collection(COLLECTIONS.jobs).limit(1).get();
   }
+
+  /**
+   * A small document written and removed: Firestore has no way to ask for
+   * write permission without writing.
+   */
+  async checkWritable(): Promise<void> {
+    const probe = this.db.collection(COLLECTIONS.readiness).doc(randomUUID());
+    await probe.create({checked_at: new Date()});
+    await probe.delete();
+  }
 }
 
 /**
@@ -319,6 +331,7 @@ export const FIRESTORE_DEADLINES = {
     'releaseIdempotencyKey',
     'reserveQuota',
     'releaseQuota',
+    'checkWritable',
   ]),
   outcomeUnknown: (error: unknown) => {
     const code = (error as {code?: unknown} | null)?.code;

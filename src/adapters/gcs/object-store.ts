@@ -69,6 +69,22 @@ export class GcsObjectStore implements ObjectStore {
     }
   }
 
+  /**
+   * Whether the runtime account may write and delete objects here, asked of
+   * IAM (no object is written): a read-only role answers the readiness check
+   * before a generation is paid for and then cannot be stored.
+   */
+  async checkWritable(): Promise<void> {
+    const needed = ['storage.objects.create', 'storage.objects.delete'];
+    const [granted] = await this.bucket.iam.testPermissions(needed);
+    const missing = needed.filter(permission => !granted[permission]);
+    if (missing.length > 0) {
+      throw Object.assign(new Error(`The runtime account lacks ${missing.join(', ')}`), {
+        code: `missing ${missing.join(' ')}`,
+      });
+    }
+  }
+
   async stat(objectPath: string): Promise<ObjectInfo | null> {
     try {
       const [meta] = await this.bucket.file(objectPath).getMetadata();
@@ -188,7 +204,7 @@ function infoOf(
  */
 export const GCS_DEADLINES = {
   name: 'object store',
-  reads: new Set<keyof ObjectStore>(['read', 'stat', 'list', 'signedReadUrl']),
+  reads: new Set<keyof ObjectStore>(['read', 'stat', 'list', 'signedReadUrl', 'checkWritable']),
   writes: new Set<keyof ObjectStore>(['put', 'delete']),
   outcomeUnknown: (error: unknown) => {
     const status = statusOf(error);

@@ -111,14 +111,14 @@ export const probeRoutes = [
     },
   }),
   /**
-   * Readiness: the OpenAI key is set, both stores answer and, where that is
-   * cheap (the local disk), take a write. 503 says which does not, and why.
+   * Readiness: the OpenAI key is set, both stores answer and take writes
+   * (asked of IAM for the bucket). 503 says which does not, and why.
    */
   defineRoute({
     method: 'GET',
     path: '/ready',
     operationId: 'ready',
-    summary: 'Readiness: the OpenAI key is set, the stores answer and (locally) take writes',
+    summary: 'Readiness: the OpenAI key is set, the stores answer and take writes',
     open: true,
     responses: {
       200: {description: 'Ready', schema: ReadinessSchema},
@@ -138,7 +138,6 @@ export const probeRoutes = [
         }
         return {ok: true};
       };
-      // The write checks exist where they are cheap (the local disk); in GCP mode a read each.
       const [storage, metadata] = await Promise.all([
         check([
           ['does not answer', () => services.objects.list('health-check/')],
