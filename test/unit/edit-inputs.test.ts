@@ -258,7 +258,7 @@ describe('resolveEditInputs', () => {
 
   test("image ids resolve to the requester's own images only", async () => {
     const {deps, objects, metadata} = setUp();
-    const {data, job, image} = await storedImageOf(objects, metadata, 'alice');
+    const {data, image} = await storedImageOf(objects, metadata, 'alice');
     const resolved = await resolveEditInputs(deps, alice, {images: [{kind: 'image_id', id: image.id}]});
     const sent = Buffer.from(await resolved.upstream.images[0]!.data.arrayBuffer());
     expect(sent.equals(data)).toBe(true);
