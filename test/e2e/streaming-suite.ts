@@ -254,6 +254,16 @@ export function streamingSuite(name: string, backend: StreamingBackend): void {
       expect(refused.json.status).toBe('completed');
     });
 
+    test('"stream": false in the body wins over Accept: text/event-stream', async () => {
+      const answer = await post(
+        {prompt: 'asked not to stream', stream: false},
+        {headers: {accept: 'text/event-stream'}},
+      );
+      expect(answer.headers.get('content-type')).toMatch(/^application\/json/);
+      expect(answer.json.status).toBe('completed');
+      expect(openai.requests[0]!.body).not.toHaveProperty('stream');
+    });
+
     test.each(['gif', 'svg'])('%s output streams the job without partial images', async format => {
       const answer = await post({prompt: `a ${format}`, count: 2, output_format: format, stream: true});
       const events = names(answer);
