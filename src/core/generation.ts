@@ -545,14 +545,19 @@ function editProblems(
   return problems;
 }
 
-/** Partial images a streamed call asks for, or null when this model and format do not stream. */
+/**
+ * Partial images a streamed call asks for, or null when this model and format
+ * do not stream, or when the images are resized: a partial would show the
+ * size made upstream, not the one stored.
+ */
 function partialImagesFor(
   rules: ModelRules,
   parameters: UpstreamParameters,
   stream: GenerateRequest['stream'],
+  resizeTo: RunPlan['resizeTo'],
 ): number | null {
   const format = parameters.output_format ?? 'png';
-  if (!stream || !rules.streams || format === 'gif' || format === 'svg') return null;
+  if (!stream || resizeTo || !rules.streams || format === 'gif' || format === 'svg') return null;
   return stream.partialImages;
 }
 
@@ -561,8 +566,9 @@ function callShape(
   rules: ModelRules,
   parameters: UpstreamParameters,
   stream: GenerateRequest['stream'],
+  resizeTo: RunPlan['resizeTo'] = null,
 ): Pick<RunPlan, 'imagesPerCall' | 'partialImages'> {
-  const partialImages = partialImagesFor(rules, parameters, stream);
+  const partialImages = partialImagesFor(rules, parameters, stream, resizeTo);
   const single = parameters.output_format === 'svg' || partialImages !== null;
   return {imagesPerCall: single ? 1 : rules.maxImagesPerCall, partialImages};
 }
@@ -764,7 +770,13 @@ export function translate(
       parameters.size = 'auto';
     }
   }
-  return {model: target.id, parameters, resizeTo, ...callShape(rules, parameters, stream), warnings};
+  return {
+    model: target.id,
+    parameters,
+    resizeTo,
+    ...callShape(rules, parameters, stream, resizeTo),
+    warnings,
+  };
 }
 
 /** The model's named size closest in shape to `wanted`, the smallest of those that are not smaller. */

@@ -277,6 +277,15 @@ export function streamingSuite(name: string, backend: StreamingBackend): void {
       );
     });
 
+    test('a request made larger upstream and resized streams without partial images', async () => {
+      const answer = await post({prompt: 'a red panda', model: 'dall-e-2', size: '256x256', stream: true});
+      expect(names(answer)).toEqual(['job.created', 'image.completed', 'job.completed']);
+      expect(openai.requests[0]!.body).toMatchObject({size: '1024x1024'});
+      expect(openai.requests[0]!.body).not.toHaveProperty('stream');
+      const {image} = ofType(answer, 'image.completed')[0]!.data;
+      expect([image.width, image.height, image.size]).toEqual([256, 256, '256x256']);
+    });
+
     test.each([
       ['an invalid parameter', {prompt: 'x', size: '999x1'}, {}, 400, 'VALIDATION_ERROR'],
       ['a model the catalogue does not know', {prompt: 'x', model: 'dall-e-9'}, {}, 400, 'VALIDATION_ERROR'],
