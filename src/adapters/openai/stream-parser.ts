@@ -31,9 +31,9 @@ const isCompleted = (name: string | null) => name !== null && name.endsWith('.co
 export async function readImageStream(
   body: AsyncIterable<Uint8Array>,
   onEvent: (name: string | null, data: unknown) => void,
-  options: {pool?: BufferPool; sizeHint?: number} = {},
+  options: {pool?: BufferPool; sizeHint?: number; onDecode?: () => void} = {},
 ): Promise<StreamedImage> {
-  const parser = new ImageStreamParser(onEvent, options.pool, options.sizeHint ?? 0);
+  const parser = new ImageStreamParser(onEvent, options.pool, options.sizeHint ?? 0, options.onDecode);
   try {
     for await (const chunk of body) {
       const image = parser.write(asBuffer(chunk));
@@ -89,6 +89,8 @@ class ImageStreamParser {
     private readonly pool: BufferPool | undefined,
     /** The image bytes to expect: one buffer of the right size, instead of doubling into it. */
     private readonly sizeHint: number,
+    /** Told as the completed image begins to be decoded. */
+    private readonly onDecode: (() => void) | undefined,
   ) {}
 
   /** Feeds a chunk; returns the image once its event is complete. */
@@ -149,9 +151,7 @@ class ImageStreamParser {
   }
 
   private startData(): void {
-    this.data ??= isCompleted(this.eventName)
-      ? new JsonImagesDecoder(this.sizeHint, this.pool)
-      : new TextData();
+    this.data ??= isCompleted(this.eventName) ? this.imageDecoder(this.sizeHint) : new TextData();
     // Lines of one event's data are joined with a line feed.
     if (this.dataLines > 0) this.data.write(Buffer.from('\n'));
     this.state = 'data';
@@ -206,9 +206,14 @@ class ImageStreamParser {
     if (text === '[DONE]') return undefined;
     const parsed = JSON.parse(text) as unknown;
     // Data before its event name: the slow path, still right.
-    if (isCompleted(eventName)) return completedFromText(parsed, this.pool);
+    if (isCompleted(eventName)) return completedFromText(parsed, this.imageDecoder(0));
     this.onEvent(eventName, parsed);
     return undefined;
+  }
+
+  private imageDecoder(sizeHint: number): JsonImagesDecoder {
+    this.onDecode?.();
+    return new JsonImagesDecoder(sizeHint, this.pool);
   }
 
   private reset(): undefined {
@@ -225,8 +230,7 @@ function lineEnd(chunk: Buffer, from: number): number {
   return cr === -1 ? lf : from + cr;
 }
 
-function completedFromText(parsed: unknown, pool: BufferPool | undefined): StreamedImage {
-  const decoder = new JsonImagesDecoder(0, pool);
+function completedFromText(parsed: unknown, decoder: JsonImagesDecoder): StreamedImage {
   decoder.write(Buffer.from(JSON.stringify(parsed)));
   const {body, images} = decoder.end();
   if (images.length !== 1) {
