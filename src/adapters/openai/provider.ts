@@ -144,14 +144,12 @@ export class OpenAIImageProvider implements ImageProvider {
       } finally {
         sent?.();
       }
-      this.options.decodes?.waiting?.();
-      return this.decodeSlots.run(async () => {
-        try {
-          return await store(image);
-        } finally {
-          image.release();
-        }
-      });
+      // The image took a decode slot before it was decoded (streamImage); it keeps it until stored.
+      try {
+        return await store(image);
+      } finally {
+        image.release();
+      }
     }
     let response: Response;
     try {
@@ -204,7 +202,10 @@ export class OpenAIImageProvider implements ImageProvider {
   /**
    * One streamed image: partial images are handed on as they arrive, base64
    * as it came (they only travel on to the caller); the final image is
-   * decoded and hashed as it arrives (see readImageStream).
+   * decoded and hashed as it arrives (see readImageStream), once it holds a
+   * decode slot. Its slot is taken when the completed event begins, so
+   * MAX_CONCURRENT_DECODES bounds streamed images as it does answers; the
+   * image gives it back with its memory (`release`).
    */
   private async streamImage(
     client: OpenAIClient,
@@ -224,6 +225,7 @@ export class OpenAIImageProvider implements ImageProvider {
     const sent = body.edit ?? body.generate;
     const shape = `${sent.size ?? ''} ${sent.output_format ?? ''} ${sent.output_compression ?? ''}`;
     const expected = this.streamedBytes.get(shape) ?? 0;
+    let slot: (() => void) | undefined;
     let decoded: (() => void) | undefined;
     const streamed = await readImageStream(
       response.body,
@@ -246,10 +248,15 @@ export class OpenAIImageProvider implements ImageProvider {
       {
         pool: this.buffers,
         sizeHint: Math.ceil(expected * 1.25),
+        beforeImage: async () => {
+          this.options.decodes?.waiting?.();
+          slot = await this.decodeSlots.acquire();
+        },
         onDecode: () => (decoded = this.options.decodes?.decoding?.()),
       },
     ).catch((error: unknown) => {
       decoded?.();
+      slot?.();
       throw error;
     });
     const {image, event} = streamed;
@@ -261,6 +268,7 @@ export class OpenAIImageProvider implements ImageProvider {
       release: () => {
         streamed.release();
         decoded?.();
+        slot?.();
       },
     };
   }
