@@ -132,7 +132,7 @@ const jobFields = {
     .boolean()
     .optional()
     .describe(
-      'Answer with Server-Sent Events: partial images while OpenAI works, then the job (also Accept: text/event-stream).',
+      'Answer with Server-Sent Events: partial images while OpenAI works, then the job (also Accept: text/event-stream, unless this is false).',
     ),
   partial_images: z
     .int()
@@ -230,6 +230,8 @@ export interface GenerateRequest {
   userAlias: boolean;
   /** Asked to stream, with this many partial images per image; null when not. */
   stream: {partialImages: number} | null;
+  /** `stream` as sent: undefined when the body does not say, so an Accept header may ask. */
+  streamAsSent: boolean | undefined;
   /** `partial_images` as sent, for a stream asked for another way (an Accept header). */
   partialImages: number | undefined;
   metadata: Record<string, string>;
@@ -239,9 +241,12 @@ export interface GenerateRequest {
   edit: EditInputs | null;
 }
 
-/** The request, streamed: as `stream: true` would have made it. */
+/**
+ * The request as Accept: text/event-stream asks for it: streamed, as
+ * `stream: true` would have made it, unless the body says `stream: false`.
+ */
 export function streamed(request: GenerateRequest): GenerateRequest {
-  if (request.stream) return request;
+  if (request.stream || request.streamAsSent === false) return request;
   return {...request, stream: {partialImages: request.partialImages ?? DEFAULT_PARTIAL_IMAGES}};
 }
 
@@ -272,6 +277,7 @@ function toRequest(
     parameters,
     userAlias,
     stream: fields.stream ? {partialImages: fields.partial_images ?? DEFAULT_PARTIAL_IMAGES} : null,
+    streamAsSent: fields.stream,
     partialImages: fields.partial_images,
     metadata: fields.metadata ?? {},
     allowPartial: fields.allow_partial ?? false,
@@ -547,14 +553,19 @@ function editProblems(
   return problems;
 }
 
-/** Partial images a streamed call asks for, or null when this model and format do not stream. */
+/**
+ * Partial images a streamed call asks for, or null when this model and format
+ * do not stream, or when the images are resized: a partial would show the
+ * size made upstream, not the one stored.
+ */
 function partialImagesFor(
   rules: ModelRules,
   parameters: UpstreamParameters,
   stream: GenerateRequest['stream'],
+  resizeTo: RunPlan['resizeTo'],
 ): number | null {
   const format = parameters.output_format ?? 'png';
-  if (!stream || !rules.streams || format === 'gif' || format === 'svg') return null;
+  if (!stream || resizeTo || !rules.streams || format === 'gif' || format === 'svg') return null;
   return stream.partialImages;
 }
 
@@ -563,8 +574,9 @@ function callShape(
   rules: ModelRules,
   parameters: UpstreamParameters,
   stream: GenerateRequest['stream'],
+  resizeTo: RunPlan['resizeTo'] = null,
 ): Pick<RunPlan, 'imagesPerCall' | 'partialImages'> {
-  const partialImages = partialImagesFor(rules, parameters, stream);
+  const partialImages = partialImagesFor(rules, parameters, stream, resizeTo);
   const single = parameters.output_format === 'svg' || partialImages !== null;
   return {imagesPerCall: single ? 1 : rules.maxImagesPerCall, partialImages};
 }
@@ -766,7 +778,13 @@ export function translate(
       parameters.size = 'auto';
     }
   }
-  return {model: target.id, parameters, resizeTo, ...callShape(rules, parameters, stream), warnings};
+  return {
+    model: target.id,
+    parameters,
+    resizeTo,
+    ...callShape(rules, parameters, stream, resizeTo),
+    warnings,
+  };
 }
 
 /** The model's named size closest in shape to `wanted`, the smallest of those that are not smaller. */

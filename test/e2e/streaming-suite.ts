@@ -254,6 +254,16 @@ export function streamingSuite(name: string, backend: StreamingBackend): void {
       expect(refused.json.status).toBe('completed');
     });
 
+    test('"stream": false in the body wins over Accept: text/event-stream', async () => {
+      const answer = await post(
+        {prompt: 'asked not to stream', stream: false},
+        {headers: {accept: 'text/event-stream'}},
+      );
+      expect(answer.headers.get('content-type')).toMatch(/^application\/json/);
+      expect(answer.json.status).toBe('completed');
+      expect(openai.requests[0]!.body).not.toHaveProperty('stream');
+    });
+
     test.each(['gif', 'svg'])('%s output streams the job without partial images', async format => {
       const answer = await post({prompt: `a ${format}`, count: 2, output_format: format, stream: true});
       const events = names(answer);
@@ -265,6 +275,15 @@ export function streamingSuite(name: string, backend: StreamingBackend): void {
       expect(done.images.map((image: {content_type: string}) => image.content_type)).toEqual(
         format === 'gif' ? ['image/gif', 'image/gif'] : ['image/svg+xml', 'image/svg+xml'],
       );
+    });
+
+    test('a request made larger upstream and resized streams without partial images', async () => {
+      const answer = await post({prompt: 'a red panda', model: 'dall-e-2', size: '256x256', stream: true});
+      expect(names(answer)).toEqual(['job.created', 'image.completed', 'job.completed']);
+      expect(openai.requests[0]!.body).toMatchObject({size: '1024x1024'});
+      expect(openai.requests[0]!.body).not.toHaveProperty('stream');
+      const {image} = ofType(answer, 'image.completed')[0]!.data;
+      expect([image.width, image.height, image.size]).toEqual([256, 256, '256x256']);
     });
 
     test.each([

@@ -426,6 +426,14 @@ describe('model lifecycle', () => {
     expect(command.plan.warnings.map(w => w.code)).toEqual(['MODEL_REPLACED', 'IMAGE_RESIZED']);
   });
 
+  test('a resized image is streamed without partial images: they would show the size made, not the one kept', () => {
+    const streamed = plan({prompt: 'x', model: 'dall-e-2', size: '256x256', count: 2, stream: true});
+    expect(streamed.plan).toMatchObject({resizeTo: {width: 256, height: 256}, partialImages: null});
+    expect(streamed.plan.imagesPerCall).toBe(plan({prompt: 'x', model: 'dall-e-2'}).plan.imagesPerCall);
+    const taken = plan({prompt: 'x', model: 'dall-e-2', size: '1024x1024', stream: true});
+    expect(taken.plan).toMatchObject({resizeTo: null, partialImages: 2});
+  });
+
   test('the nearest size keeps the shape asked for', () => {
     const catalogue = new ModelCatalogue({aliases: {'dall-e-3': 'gpt-image-2.6-flare'}});
     const command = plan({prompt: 'x', model: 'dall-e-3', size: '1024x1792'}, {catalogue});

@@ -76,19 +76,23 @@ describe('readImageStream', () => {
     },
   );
 
-  test('any cut, CRLF or CR line endings', async () => {
-    const small = randomBytes(301);
-    await fc.assert(
+  const small = randomBytes(301);
+  /** Runs `check` on the upstream stream of `small`, cut anywhere, with any line ending. */
+  const anyCut = (check: (body: AsyncIterable<Uint8Array>) => Promise<void>) =>
+    fc.assert(
       fc.asyncProperty(
         fc.constantFrom('\n', '\r\n', '\r'),
         fc.array(fc.nat(), {maxLength: 12}),
-        async (newline, offsets) => {
-          const {events, streamed} = await read(cut(upstream(small, partials, newline), offsets));
-          expect(events).toHaveLength(2);
-          expect(streamed.image.data.equals(small)).toBe(true);
-        },
+        (newline, offsets) => check(cut(upstream(small, partials, newline), offsets)),
       ),
     );
+
+  test('any cut, CRLF or CR line endings', async () => {
+    await anyCut(async body => {
+      const {events, streamed} = await read(body);
+      expect(events).toHaveLength(2);
+      expect(streamed.image.data.equals(small)).toBe(true);
+    });
   });
 
   test('fields without a space, data in several lines, data before the event name', async () => {
@@ -127,5 +131,55 @@ describe('readImageStream', () => {
     const text = 'event: image_generation.completed\ndata: {"b64_json":"AQID"}';
     const {streamed} = await read(chunked(text, 4));
     expect([...streamed.image.data]).toEqual([1, 2, 3]);
+  });
+
+  describe('beforeImage', () => {
+    /** What happens, in order: events handed on, beforeImage called and done, the image's decode begun. */
+    async function steps(body: AsyncIterable<Uint8Array>) {
+      const log: string[] = [];
+      const streamed = await readImageStream(body, name => log.push(String(name)), {
+        beforeImage: async () => {
+          log.push('before');
+          await new Promise(resolve => setImmediate(resolve));
+          log.push('admitted');
+        },
+        onDecode: () => log.push('decode'),
+      });
+      streamed.release();
+      return {log, data: streamed.image.data};
+    }
+
+    test('is awaited once, after the partial images, before the image is decoded; any cut or line ending', async () => {
+      await anyCut(async body => {
+        const {log, data} = await steps(body);
+        expect(log).toEqual([
+          'image_generation.partial_image',
+          'image_generation.partial_image',
+          'before',
+          'admitted',
+          'decode',
+        ]);
+        expect(data.equals(small)).toBe(true);
+      });
+    });
+
+    test.each([
+      ['data before the event name', 'data: {"b64_json":"AQID"}\nevent: image_generation.completed\n\n'],
+      [
+        'the event named on the last line, without its line end',
+        'data: {"b64_json":"AQID"}\nevent: image_generation.completed',
+      ],
+    ])('%s: still before the image is decoded', async (_, text) => {
+      const {log, data} = await steps(chunked(text, 4));
+      expect(log).toEqual(['before', 'admitted', 'decode']);
+      expect([...data]).toEqual([1, 2, 3]);
+    });
+
+    test('a failing beforeImage stops the reading', async () => {
+      const failing = readImageStream(chunked(upstream(image, partials), 64), () => undefined, {
+        beforeImage: () => Promise.reject(new Error('no slot')),
+      });
+      await expect(failing).rejects.toThrow('no slot');
+    });
   });
 });

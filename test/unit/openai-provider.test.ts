@@ -1,5 +1,17 @@
-import {OpenAIImageProvider} from '../../src/adapters/openai/provider';
+import {OpenAIImageProvider, type OpenAIProviderOptions} from '../../src/adapters/openai/provider';
 import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
+
+const providerOn = (baseURL: string, options: Partial<OpenAIProviderOptions> = {}) =>
+  new OpenAIImageProvider({
+    apiKey: 'sk-test-key',
+    organization: undefined,
+    project: undefined,
+    baseURL,
+    timeoutMs: 10_000,
+    maxRetries: 0,
+    maxConcurrentDecodes: 4,
+    ...options,
+  });
 
 describe('OpenAIImageProvider whileWaiting', () => {
   let fake: FakeOpenAI;
@@ -8,17 +20,7 @@ describe('OpenAIImageProvider whileWaiting', () => {
   });
   afterAll(() => fake.close());
 
-  const providerFor = (baseURL: string, whileWaiting: () => void) =>
-    new OpenAIImageProvider({
-      apiKey: 'sk-test-key',
-      organization: undefined,
-      project: undefined,
-      baseURL,
-      timeoutMs: 10_000,
-      maxRetries: 0,
-      maxConcurrentDecodes: 4,
-      whileWaiting,
-    });
+  const providerFor = (baseURL: string, whileWaiting: () => void) => providerOn(baseURL, {whileWaiting});
   const request = {
     model: 'gpt-image-2.6-flare',
     prompt: 'a lighthouse',
@@ -64,15 +66,7 @@ describe('OpenAIImageProvider whileWaiting', () => {
   });
 
   test('reads at most maxConcurrentDecodes answers at once, while any number wait upstream', async () => {
-    const provider = new OpenAIImageProvider({
-      apiKey: 'sk-test-key',
-      organization: undefined,
-      project: undefined,
-      baseURL: fake.url,
-      timeoutMs: 10_000,
-      maxRetries: 0,
-      maxConcurrentDecodes: 2,
-    });
+    const provider = providerOn(fake.url, {maxConcurrentDecodes: 2});
     const total = 6;
     let reading = 0;
     let entered = 0;
@@ -94,5 +88,72 @@ describe('OpenAIImageProvider whileWaiting', () => {
       ),
     );
     expect(most).toBe(2);
+  });
+});
+
+describe('OpenAIImageProvider: streamed images and maxConcurrentDecodes', () => {
+  let fake: FakeOpenAI;
+  beforeAll(async () => {
+    fake = await startFakeOpenAI();
+  });
+  afterAll(() => fake.close());
+
+  test('with one decode slot, two streams decode their final images one at a time; partials flow meanwhile', async () => {
+    let waiting = 0;
+    let decoding = 0;
+    let most = 0;
+    const changed: (() => void)[] = [];
+    const notify = () => changed.splice(0).forEach(wake => wake());
+    const until = async (done: () => boolean) => {
+      while (!done()) await new Promise<void>(wake => changed.push(wake));
+    };
+    const provider = providerOn(fake.url, {
+      maxConcurrentDecodes: 1,
+      decodes: {
+        waiting: () => {
+          waiting++;
+          notify();
+        },
+        decoding: () => {
+          most = Math.max(most, ++decoding);
+          notify();
+          return () => {
+            decoding--;
+            notify();
+          };
+        },
+      },
+    });
+    const partials = [0, 0];
+    let stored = 0;
+    let partialsOfTheOther: number | undefined;
+    const results = await Promise.all(
+      [0, 1].map(i =>
+        provider.generate(
+          {
+            model: 'gpt-image-2.6-flare',
+            prompt: `stream ${i}`,
+            n: 1,
+            parameters: {size: '1024x1024'},
+            partialImages: 1,
+          },
+          async result => {
+            // The first image stored keeps its slot until the other call waits for one, or decodes
+            // its own image without one: whichever the answers' timing, both are then in the test.
+            if (stored++ === 0) {
+              await until(() => waiting === 2 || decoding === 2);
+              partialsOfTheOther = partials[1 - i];
+            }
+            return result.images.length;
+          },
+          {onPartial: () => partials[i]!++},
+        ),
+      ),
+    );
+    expect(results).toEqual([1, 1]);
+    expect(most).toBe(1);
+    expect(partials).toEqual([1, 1]);
+    expect(partialsOfTheOther).toBe(1);
+    expect(decoding).toBe(0);
   });
 });

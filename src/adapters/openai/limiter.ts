@@ -6,14 +6,25 @@ export class Limiter {
   constructor(readonly size: number) {}
 
   async run<T>(task: () => Promise<T>): Promise<T> {
-    if (this.running >= this.size) await new Promise<void>(resolve => this.waiting.push(resolve));
-    else this.running++;
+    const release = await this.acquire();
     try {
       return await task();
     } finally {
+      release();
+    }
+  }
+
+  /** Takes a place, waiting for one if need be; the function returned gives it back (once). */
+  async acquire(): Promise<() => void> {
+    if (this.running >= this.size) await new Promise<void>(resolve => this.waiting.push(resolve));
+    else this.running++;
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
       const next = this.waiting.shift();
       if (next) next();
       else this.running--;
-    }
+    };
   }
 }

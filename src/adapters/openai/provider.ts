@@ -29,6 +29,18 @@ export interface OpenAIProviderOptions {
    * time that would otherwise be idle.
    */
   whileWaiting?: () => void;
+  /** Instrumentation (metrics, tests): told as calls wait for a decode slot and decode their answers. */
+  decodes?: DecodeObserver;
+}
+
+export interface DecodeObserver {
+  /** A call asks for a decode slot. */
+  waiting?(): void;
+  /**
+   * An answer's images begin to be decoded into memory; the function it
+   * returns is called once that memory is handed back.
+   */
+  decoding?(): () => void;
 }
 
 /** Loaded on first use: the SDK is not needed to serve health checks or stored images. */
@@ -132,13 +144,12 @@ export class OpenAIImageProvider implements ImageProvider {
       } finally {
         sent?.();
       }
-      return this.decodeSlots.run(async () => {
-        try {
-          return await store(image);
-        } finally {
-          image.release();
-        }
-      });
+      // The image took a decode slot before it was decoded (streamImage); it keeps it until stored.
+      try {
+        return await store(image);
+      } finally {
+        image.release();
+      }
     }
     let response: Response;
     try {
@@ -152,6 +163,7 @@ export class OpenAIImageProvider implements ImageProvider {
     } finally {
       sent?.();
     }
+    this.options.decodes?.waiting?.();
     return this.decodeSlots.run(async () => {
       const result = await this.readImages(response, request, deadline, signal);
       try {
@@ -190,7 +202,10 @@ export class OpenAIImageProvider implements ImageProvider {
   /**
    * One streamed image: partial images are handed on as they arrive, base64
    * as it came (they only travel on to the caller); the final image is
-   * decoded and hashed as it arrives (see readImageStream).
+   * decoded and hashed as it arrives (see readImageStream), once it holds a
+   * decode slot. Its slot is taken when the completed event begins, so
+   * MAX_CONCURRENT_DECODES bounds streamed images as it does answers; the
+   * image gives it back with its memory (`release`).
    */
   private async streamImage(
     client: OpenAIClient,
@@ -210,6 +225,8 @@ export class OpenAIImageProvider implements ImageProvider {
     const sent = body.edit ?? body.generate;
     const shape = `${sent.size ?? ''} ${sent.output_format ?? ''} ${sent.output_compression ?? ''}`;
     const expected = this.streamedBytes.get(shape) ?? 0;
+    let slot: (() => void) | undefined;
+    let decoded: (() => void) | undefined;
     const streamed = await readImageStream(
       response.body,
       (name, data) => {
@@ -228,15 +245,31 @@ export class OpenAIImageProvider implements ImageProvider {
           });
         }
       },
-      {pool: this.buffers, sizeHint: Math.ceil(expected * 1.25)},
-    );
+      {
+        pool: this.buffers,
+        sizeHint: Math.ceil(expected * 1.25),
+        beforeImage: async () => {
+          this.options.decodes?.waiting?.();
+          slot = await this.decodeSlots.acquire();
+        },
+        onDecode: () => (decoded = this.options.decodes?.decoding?.()),
+      },
+    ).catch((error: unknown) => {
+      decoded?.();
+      slot?.();
+      throw error;
+    });
     const {image, event} = streamed;
     if (this.streamedBytes.size > 64 && !this.streamedBytes.has(shape)) this.streamedBytes.clear();
     this.streamedBytes.set(shape, image.data.length);
     return {
       images: [{data: image.data, sha256: image.sha256, revisedPrompt: null}],
       usage: (event.usage as Usage | undefined) ?? null,
-      release: streamed.release,
+      release: () => {
+        streamed.release();
+        decoded?.();
+        slot?.();
+      },
     };
   }
 
@@ -249,6 +282,7 @@ export class OpenAIImageProvider implements ImageProvider {
   ): Promise<GeneratedImages & {release(): void}> {
     if (!response.body) throw new AppError('UPSTREAM_ERROR', 'OpenAI answered without a body');
     let parsed;
+    const decoded = this.options.decodes?.decoding?.();
     try {
       parsed = await parseImagesResponse(
         response.body,
@@ -256,14 +290,19 @@ export class OpenAIImageProvider implements ImageProvider {
         this.buffers,
       );
     } catch (error) {
+      decoded?.();
       if (deadline.aborted || signal?.aborted)
         throw translateError(error, request, deadline.aborted, signal?.aborted ?? false);
       throw new AppError('UPSTREAM_ERROR', 'OpenAI sent an answer that could not be read', {cause: error});
     }
     const items = parsed.body.data ?? [];
     const expected = request.n;
-    if (items.length !== expected || parsed.images.length !== expected) {
+    const release = () => {
       parsed.release();
+      decoded?.();
+    };
+    if (items.length !== expected || parsed.images.length !== expected) {
+      release();
       throw new AppError(
         'UPSTREAM_ERROR',
         `OpenAI returned ${parsed.images.length} image(s) where ${expected} were asked for`,
@@ -276,7 +315,7 @@ export class OpenAIImageProvider implements ImageProvider {
         revisedPrompt: items[i]?.revised_prompt ?? null,
       })),
       usage: (parsed.body.usage as Usage | undefined) ?? null,
-      release: parsed.release,
+      release,
     };
   }
 }

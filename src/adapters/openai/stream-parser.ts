@@ -27,23 +27,49 @@ const isCompleted = (name: string | null) => name !== null && name.endsWith('.co
  * string, and no step holds the event loop for more than a chunk, so the
  * partial images of other calls go on flowing meanwhile. Lines are found
  * with Buffer.indexOf. Resolves at the completed event.
+ *
+ * `beforeImage` is awaited once the completed event is named, before any of
+ * its image is decoded: the stream is not read meanwhile (its bytes wait in
+ * the socket), other streams go on.
  */
 export async function readImageStream(
   body: AsyncIterable<Uint8Array>,
   onEvent: (name: string | null, data: unknown) => void,
-  options: {pool?: BufferPool; sizeHint?: number} = {},
+  options: {
+    pool?: BufferPool;
+    sizeHint?: number;
+    beforeImage?: () => Promise<void>;
+    onDecode?: () => void;
+  } = {},
 ): Promise<StreamedImage> {
-  const parser = new ImageStreamParser(onEvent, options.pool, options.sizeHint ?? 0);
+  const parser = new ImageStreamParser(
+    onEvent,
+    options.pool,
+    options.sizeHint ?? 0,
+    options.beforeImage !== undefined,
+    options.onDecode,
+  );
+  /** Feeds a chunk, waiting on `beforeImage` where the parser stops for it. */
+  const feed = async (chunk: Buffer): Promise<StreamedImage | undefined> => {
+    for (let from = 0; ;) {
+      const step = parser.write(chunk, from);
+      if (!(step instanceof Paused)) return step;
+      await options.beforeImage!();
+      from = step.resumeAt;
+    }
+  };
   try {
     for await (const chunk of body) {
-      const image = parser.write(asBuffer(chunk));
+      const image = await feed(asBuffer(chunk));
       if (image) return image;
       // Chunks already received are otherwise read in one run of promise callbacks; with many
       // streams behind at once, that holds every socket (other calls' partial images) back for
       // hundreds of milliseconds. One chunk per turn of the event loop lets them through.
       await nextTurn();
     }
-    const image = parser.end();
+    // The stream ended: its last line ends here (it may name the completed event, so the
+    // parser may stop for `beforeImage`), and an event not closed by a blank line still counts.
+    const image = (await feed(Buffer.from('\n'))) ?? parser.end();
     if (image) return image;
   } catch (error) {
     parser.release();
@@ -74,6 +100,11 @@ class TextData {
   }
 }
 
+/** The parser stopped before the completed image: resume at `resumeAt` of the same chunk. */
+class Paused {
+  constructor(readonly resumeAt: number) {}
+}
+
 class ImageStreamParser {
   private state: LineState = 'field';
   private field: Buffer[] = [];
@@ -83,20 +114,30 @@ class ImageStreamParser {
   private eventName: string | null = null;
   private dataLines = 0;
   private data: TextData | JsonImagesDecoder | undefined;
+  /** Stop once, as the completed event is named, before its image is decoded. */
+  private pauseBeforeImage: boolean;
 
   constructor(
     private readonly onEvent: (name: string | null, data: unknown) => void,
     private readonly pool: BufferPool | undefined,
     /** The image bytes to expect: one buffer of the right size, instead of doubling into it. */
     private readonly sizeHint: number,
-  ) {}
+    pauseBeforeImage: boolean,
+    /** Told as the completed image begins to be decoded. */
+    private readonly onDecode: (() => void) | undefined,
+  ) {
+    this.pauseBeforeImage = pauseBeforeImage;
+  }
 
-  /** Feeds a chunk; returns the image once its event is complete. */
-  write(chunk: Buffer): StreamedImage | undefined {
-    let i = 0;
-    if (this.skipLF) {
+  /**
+   * Feeds a chunk from `from`; returns the image once its event is complete,
+   * or Paused once the completed event is named (feed the rest after).
+   */
+  write(chunk: Buffer, from = 0): StreamedImage | Paused | undefined {
+    let i = from;
+    if (this.skipLF && i < chunk.length) {
       this.skipLF = false;
-      if (chunk[0] === LF) i = 1;
+      if (chunk[i] === LF) i++;
     }
     while (i < chunk.length) {
       const eol = lineEnd(chunk, i);
@@ -110,6 +151,10 @@ class ImageStreamParser {
       }
       const image = this.endLine();
       if (image) return image;
+      if (this.pauseBeforeImage && isCompleted(this.eventName)) {
+        this.pauseBeforeImage = false;
+        return new Paused(i);
+      }
     }
     return undefined;
   }
@@ -149,9 +194,7 @@ class ImageStreamParser {
   }
 
   private startData(): void {
-    this.data ??= isCompleted(this.eventName)
-      ? new JsonImagesDecoder(this.sizeHint, this.pool)
-      : new TextData();
+    this.data ??= isCompleted(this.eventName) ? this.imageDecoder(this.sizeHint) : new TextData();
     // Lines of one event's data are joined with a line feed.
     if (this.dataLines > 0) this.data.write(Buffer.from('\n'));
     this.state = 'data';
@@ -206,9 +249,14 @@ class ImageStreamParser {
     if (text === '[DONE]') return undefined;
     const parsed = JSON.parse(text) as unknown;
     // Data before its event name: the slow path, still right.
-    if (isCompleted(eventName)) return completedFromText(parsed, this.pool);
+    if (isCompleted(eventName)) return completedFromText(parsed, this.imageDecoder(0));
     this.onEvent(eventName, parsed);
     return undefined;
+  }
+
+  private imageDecoder(sizeHint: number): JsonImagesDecoder {
+    this.onDecode?.();
+    return new JsonImagesDecoder(sizeHint, this.pool);
   }
 
   private reset(): undefined {
@@ -225,8 +273,7 @@ function lineEnd(chunk: Buffer, from: number): number {
   return cr === -1 ? lf : from + cr;
 }
 
-function completedFromText(parsed: unknown, pool: BufferPool | undefined): StreamedImage {
-  const decoder = new JsonImagesDecoder(0, pool);
+function completedFromText(parsed: unknown, decoder: JsonImagesDecoder): StreamedImage {
   decoder.write(Buffer.from(JSON.stringify(parsed)));
   const {body, images} = decoder.end();
   if (images.length !== 1) {
