@@ -1600,6 +1600,14 @@ describe('faults', () => {
     expect(edit.message).toContain('private edit');
   });
 
+  it('echo_secrets with status 400 answers an invalid_request_error repeating the same', async () => {
+    fake.injectFault({kind: 'echo_secrets', status: 400});
+    const error = await apiErrorOf(client.images.generate({...cheap, prompt: 'a secret garden'}));
+    expect([error.status, error.type, error.param]).toEqual([400, 'invalid_request_error', null]);
+    expect(error.message).toContain(`Bearer ${API_KEY}`);
+    expect(error.message).toContain('a secret garden');
+  });
+
   it('probability faults apply until clearFaults()', async () => {
     fake.injectFault({kind: 'server_error', status: 502}, {probability: 1});
     for (let i = 0; i < 3; i++) expect((await apiErrorOf(client.images.generate(cheap))).status).toBe(502);

@@ -98,8 +98,11 @@ export type FakeFault =
    * A non-streamed request gets its headers and part of the body, then the reset.
    */
   | {kind: 'stream_reset'}
-  /** 502 whose message repeats the Authorization header and the prompt, like a leaky gateway. */
-  | {kind: 'echo_secrets'};
+  /**
+   * An error whose message repeats the Authorization header and the prompt, like a leaky
+   * gateway: 502 (default), or a 400 invalid_request_error, whose message a client shows.
+   */
+  | {kind: 'echo_secrets'; status?: 400 | 502};
 
 export interface RecordedFilePart {
   /** Form field name as sent, e.g. 'image[]'. */
@@ -342,7 +345,15 @@ function rateLimitError(retryAfterSeconds: number): ApiError {
   );
 }
 
-function echoSecretsError(authorization: string, prompt: string): ApiError {
+function echoSecretsError(status: 400 | 502, authorization: string, prompt: string): ApiError {
+  if (status === 400) {
+    return new ApiError(400, {
+      message: `Gateway rejected the request: header authorization '${authorization}' is not valid here (prompt: ${prompt})`,
+      type: 'invalid_request_error',
+      param: null,
+      code: null,
+    });
+  }
   return new ApiError(502, {
     message: `Bad gateway: upstream refused the request (authorization: ${authorization}; prompt: ${prompt})`,
     type: 'server_error',
@@ -1838,7 +1849,11 @@ class FakeOpenAIServer implements FakeOpenAI {
         case 'echo_secrets':
           return this.sendError(
             res,
-            echoSecretsError(String(req.headers.authorization ?? ''), String(loose.prompt ?? '')),
+            echoSecretsError(
+              fault.status ?? 502,
+              String(req.headers.authorization ?? ''),
+              String(loose.prompt ?? ''),
+            ),
             record,
           );
         case 'connection_reset':

@@ -9,6 +9,7 @@ import type {
   UpstreamRequest,
 } from '../../core/ports';
 import type {Usage} from '../../core/records';
+import {scrubSecrets} from '../../secrets';
 import {Limiter} from './limiter';
 import {BufferPool, parseImagesResponse} from './response-parser';
 import {readImageStream} from './stream-parser';
@@ -23,6 +24,12 @@ export interface OpenAIProviderOptions {
   maxRetries: number;
   /** Upstream answers read at once (each holds its images in memory until they are stored). */
   maxConcurrentDecodes: number;
+  /**
+   * Texts never to repeat (the callers' API keys); the OpenAI key is always
+   * among them. An upstream message can quote what was sent (a gateway echoes
+   * the Authorization header), and such messages reach the caller and the job.
+   */
+  secrets?: readonly string[];
   /**
    * Runs once a request has left, while it only waits for its answer: a new
    * instance gets what handling the answer needs ready (loads, connects) in
@@ -86,8 +93,14 @@ export class OpenAIImageProvider implements ImageProvider {
    */
   private readonly streamedBytes = new Map<string, number>();
 
+  /** What every upstream text goes through before it leaves the adapter. */
+  private readonly scrub: Scrub;
+
   constructor(private readonly options: OpenAIProviderOptions) {
     this.decodeSlots = new Limiter(options.maxConcurrentDecodes);
+    const secrets = [options.apiKey ?? '', ...(options.secrets ?? [])];
+    // Masked keys too ("sk-proj-****1234"): OpenAI masks them, but say nothing of them.
+    this.scrub = text => scrubSecrets(text, secrets).replace(/sk-[A-Za-z0-9_*.-]+/g, 'sk-***');
   }
 
   get configured(): boolean {
@@ -119,7 +132,7 @@ export class OpenAIImageProvider implements ImageProvider {
     const combined = signal ? AbortSignal.any([signal, deadline]) : deadline;
     const body = await this.bodyOf(request);
     const fail = (error: unknown) =>
-      translateError(error, request, deadline.aborted, signal?.aborted ?? false);
+      translateError(error, request, deadline.aborted, signal?.aborted ?? false, this.scrub);
 
     const whileWaiting = this.options.whileWaiting;
     const sent = whileWaiting && onceSent(new URL(client.baseURL).origin, whileWaiting);
@@ -257,7 +270,7 @@ export class OpenAIImageProvider implements ImageProvider {
       );
     } catch (error) {
       if (deadline.aborted || signal?.aborted)
-        throw translateError(error, request, deadline.aborted, signal?.aborted ?? false);
+        throw translateError(error, request, deadline.aborted, signal?.aborted ?? false, this.scrub);
       throw new AppError('UPSTREAM_ERROR', 'OpenAI sent an answer that could not be read', {cause: error});
     }
     const items = parsed.body.data ?? [];
@@ -316,11 +329,14 @@ function onceSent(origin: string, callback: () => void): () => void {
   return finish;
 }
 
+type Scrub = (text: string) => string;
+
 function translateError(
   error: unknown,
   request: UpstreamRequest,
   timedOut: boolean,
   cancelled: boolean,
+  scrub: Scrub,
 ): AppError {
   const {default: OpenAIClient} = loadSdk();
   if (timedOut || error instanceof OpenAIClient.APIConnectionTimeoutError) {
@@ -337,9 +353,9 @@ function translateError(
   if (error instanceof OpenAIClient.APIConnectionError) {
     return new AppError('UPSTREAM_ERROR', 'Could not reach OpenAI', {cause: error, details});
   }
-  const gone = modelGone(error, request);
+  const gone = modelGone(error, request, scrub);
   if (gone) return gone;
-  const preview = previewRefused(error, request);
+  const preview = previewRefused(error, request, scrub);
   if (preview) return preview;
   if (code !== undefined && SAFETY_CODES.has(code)) {
     return new AppError(
@@ -352,7 +368,12 @@ function translateError(
     case 400:
     case 422:
       return validationError(
-        [{field: error.param ?? '(body)', message: `OpenAI rejected the request: ${upstreamMessage(error)}`}],
+        [
+          {
+            field: error.param ? scrub(error.param) : '(body)',
+            message: `OpenAI rejected the request: ${upstreamMessage(error, scrub)}`,
+          },
+        ],
         details,
       );
     case 401:
@@ -382,14 +403,14 @@ function translateError(
 type ApiError = InstanceType<Sdk['default']['APIError']>;
 
 /** OpenAI's answer when the model is shut down (404 model_not_found) or unknown to it (400 on `model`). */
-function modelGone(error: ApiError, request: UpstreamRequest): AppError | null {
+function modelGone(error: ApiError, request: UpstreamRequest, scrub: Scrub): AppError | null {
   const gone =
     (error.status === 404 && error.code === 'model_not_found') ||
     (error.status === 400 && error.param === 'model' && error.code === 'invalid_value');
   if (!gone) return null;
   return new AppError(
     'MODEL_UNAVAILABLE',
-    `OpenAI does not serve ${request.model}: ${upstreamMessage(error)}`,
+    `OpenAI does not serve ${request.model}: ${upstreamMessage(error, scrub)}`,
     {
       cause: error,
       details: {fields: [{field: 'model', message: 'not served by OpenAI'}], ...upstreamDetails(error)},
@@ -412,13 +433,13 @@ function previewsUsed(parameters: UpstreamParameters): Record<string, string> {
  * project: a refusal that names a preview parameter the request used is the
  * caller's feature not being enabled, not a credentials problem or an outage.
  */
-function previewRefused(error: ApiError, request: UpstreamRequest): AppError | null {
+function previewRefused(error: ApiError, request: UpstreamRequest, scrub: Scrub): AppError | null {
   if (error.status !== 400 && error.status !== 403) return null;
   const feature = error.param ? previewsUsed(request.parameters)[error.param] : undefined;
   if (!feature) return null;
   return new AppError(
     'FEATURE_NOT_AVAILABLE',
-    `OpenAI did not accept ${feature} for this project or model (a preview OpenAI enables per project): ${upstreamMessage(error)}`,
+    `OpenAI did not accept ${feature} for this project or model (a preview OpenAI enables per project): ${upstreamMessage(error, scrub)}`,
     {cause: error, details: {feature, field: error.param, ...upstreamDetails(error)}},
   );
 }
@@ -431,11 +452,11 @@ function upstreamDetails(error: ApiError): Record<string, unknown> {
   };
 }
 
-function upstreamMessage(error: {message: string; error?: unknown}): string {
+/** OpenAI's message, without any secret it may quote, cut short (after scrubbing: no key is cut in half). */
+function upstreamMessage(error: {message: string; error?: unknown}, scrub: Scrub): string {
   const body = error.error as {message?: unknown} | undefined;
   const text = typeof body?.message === 'string' ? body.message : error.message;
-  // Strip anything that looks like a key; OpenAI masks keys, but be certain.
-  return text.replace(/sk-[A-Za-z0-9_*.-]+/g, 'sk-***').slice(0, 500);
+  return scrub(text).slice(0, 500);
 }
 
 function retryAfterSeconds(headers: Headers | undefined): number | undefined {
