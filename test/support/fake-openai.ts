@@ -102,7 +102,16 @@ export type FakeFault =
    * An error whose message repeats the Authorization header and the prompt, like a leaky
    * gateway: 502 (default), or a 400 invalid_request_error, whose message a client shows.
    */
-  | {kind: 'echo_secrets'; status?: 400 | 502};
+  | {kind: 'echo_secrets'; status?: 400 | 502}
+  /** Any error OpenAI might answer, as given (what a preview refusal looks like varies). */
+  | {
+      kind: 'api_error';
+      status: number;
+      message: string;
+      type?: string;
+      param?: string | null;
+      code?: string | null;
+    };
 
 export interface RecordedFilePart {
   /** Form field name as sent, e.g. 'image[]'. */
@@ -1854,6 +1863,17 @@ class FakeOpenAIServer implements FakeOpenAI {
               String(req.headers.authorization ?? ''),
               String(loose.prompt ?? ''),
             ),
+            record,
+          );
+        case 'api_error':
+          return this.sendError(
+            res,
+            new ApiError(fault.status, {
+              message: fault.message,
+              type: fault.type ?? 'invalid_request_error',
+              param: fault.param ?? null,
+              code: fault.code ?? null,
+            }),
             record,
           );
         case 'connection_reset':

@@ -353,10 +353,7 @@ function translateError(
   if (error instanceof OpenAIClient.APIConnectionError) {
     return new AppError('UPSTREAM_ERROR', 'Could not reach OpenAI', {cause: error, details});
   }
-  const gone = modelGone(error, request, scrub);
-  if (gone) return gone;
-  const preview = previewRefused(error, request, scrub);
-  if (preview) return preview;
+  // Before the preview refusals: a prompt refused while making a GIF is still the prompt's fault.
   if (code !== undefined && SAFETY_CODES.has(code)) {
     return new AppError(
       'CONTENT_POLICY_VIOLATION',
@@ -364,6 +361,10 @@ function translateError(
       {cause: error, details},
     );
   }
+  const gone = modelGone(error, request, scrub);
+  if (gone) return gone;
+  const preview = previewRefused(error, request, scrub);
+  if (preview) return preview;
   switch (error.status) {
     case 400:
     case 422:
@@ -402,11 +403,25 @@ function translateError(
 
 type ApiError = InstanceType<Sdk['default']['APIError']>;
 
-/** OpenAI's answer when the model is shut down (404 model_not_found) or unknown to it (400 on `model`). */
+/**
+ * OpenAI's answer when the model is shut down (404 model_not_found) or unknown
+ * to it (400 on `model`). A model_not_found that names another parameter
+ * (`svg.model`) is about that parameter's model: the request's model is
+ * served, so it is the caller's value that is wrong, and no replacement model
+ * would help.
+ */
 function modelGone(error: ApiError, request: UpstreamRequest, scrub: Scrub): AppError | null {
+  const param = error.param ?? null;
+  if (error.status === 404 && error.code === 'model_not_found' && param !== null && param !== 'model') {
+    const field = scrub(param);
+    return validationError(
+      [{field, message: `OpenAI does not serve this model: ${upstreamMessage(error, scrub)}`}],
+      upstreamDetails(error),
+    );
+  }
   const gone =
     (error.status === 404 && error.code === 'model_not_found') ||
-    (error.status === 400 && error.param === 'model' && error.code === 'invalid_value');
+    (error.status === 400 && param === 'model' && error.code === 'invalid_value');
   if (!gone) return null;
   return new AppError(
     'MODEL_UNAVAILABLE',
@@ -432,15 +447,32 @@ function previewsUsed(parameters: UpstreamParameters): Record<string, string> {
  * OpenAI enables previews (GIF, SVG, transparency on some models) per
  * project: a refusal that names a preview parameter the request used is the
  * caller's feature not being enabled, not a credentials problem or an outage.
+ * A refusal that names no parameter (OpenAI does not always) of a request for
+ * GIF or SVG output is taken as that output being refused; so is any 403 of
+ * such a request (the function's credentials are good for everything else).
  */
 function previewRefused(error: ApiError, request: UpstreamRequest, scrub: Scrub): AppError | null {
   if (error.status !== 400 && error.status !== 403) return null;
-  const feature = error.param ? previewsUsed(request.parameters)[error.param] : undefined;
-  if (!feature) return null;
+  const used = previewsUsed(request.parameters);
+  // `svg.model` or `svg[model]`: the preview is the parameter's root.
+  const named = error.param ? error.param.split(/[.[]/)[0]! : undefined;
+  const previewOutput =
+    request.parameters.output_format === 'gif' || request.parameters.output_format === 'svg';
+  const field =
+    named !== undefined && used[named]
+      ? named
+      : previewOutput && (named === undefined || error.status === 403)
+        ? 'output_format'
+        : undefined;
+  const feature = field && used[field];
+  if (!field || !feature) return null;
   return new AppError(
     'FEATURE_NOT_AVAILABLE',
     `OpenAI did not accept ${feature} for this project or model (a preview OpenAI enables per project): ${upstreamMessage(error, scrub)}`,
-    {cause: error, details: {feature, field: error.param, ...upstreamDetails(error)}},
+    {
+      cause: error,
+      details: {feature, field: field === named ? scrub(error.param!) : field, ...upstreamDetails(error)},
+    },
   );
 }
 
