@@ -1600,6 +1600,14 @@ describe('faults', () => {
     expect(edit.message).toContain('private edit');
   });
 
+  it('odd_answer sets revised_prompt and adds usage fields to a normal answer', async () => {
+    fake.injectFault({kind: 'odd_answer', revisedPrompt: 'r'.repeat(40_000), usage: {__weird__: 1}});
+    const answer = await client.images.generate({...cheap, output_format: 'png', n: 2});
+    expect(answer.data?.map(d => d.revised_prompt?.length)).toEqual([40_000, 40_000]);
+    expect(answer.usage).toMatchObject({__weird__: 1, total_tokens: expect.any(Number)});
+    expect((await client.images.generate(cheap)).data?.[0]?.revised_prompt).toBeUndefined();
+  });
+
   it('echo_secrets with status 400 answers an invalid_request_error repeating the same', async () => {
     fake.injectFault({kind: 'echo_secrets', status: 400});
     const error = await apiErrorOf(client.images.generate({...cheap, prompt: 'a secret garden'}));

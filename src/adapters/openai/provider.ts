@@ -8,10 +8,9 @@ import type {
   InputImage,
   UpstreamRequest,
 } from '../../core/ports';
-import type {Usage} from '../../core/records';
 import {scrubSecrets} from '../../secrets';
 import {Limiter} from './limiter';
-import {BufferPool, parseImagesResponse} from './response-parser';
+import {BufferPool, parseImagesResponse, revisedPromptOf, usageOf} from './response-parser';
 import {readImageStream} from './stream-parser';
 
 export interface OpenAIProviderOptions {
@@ -248,7 +247,7 @@ export class OpenAIImageProvider implements ImageProvider {
     this.streamedBytes.set(shape, image.data.length);
     return {
       images: [{data: image.data, sha256: image.sha256, revisedPrompt: null}],
-      usage: (event.usage as Usage | undefined) ?? null,
+      usage: usageOf(event),
       release: streamed.release,
     };
   }
@@ -286,9 +285,9 @@ export class OpenAIImageProvider implements ImageProvider {
       images: parsed.images.map((image, i) => ({
         data: image.data,
         sha256: image.sha256,
-        revisedPrompt: items[i]?.revised_prompt ?? null,
+        revisedPrompt: revisedPromptOf(items[i]?.revised_prompt),
       })),
-      usage: (parsed.body.usage as Usage | undefined) ?? null,
+      usage: usageOf(parsed.body),
       release: parsed.release,
     };
   }
