@@ -55,7 +55,7 @@ export function createServices(config: Config, options: ServiceOptions = {}): Ap
     }
   };
 
-  const provider = new OpenAIImageProvider({...config.openai, whileWaiting});
+  const provider = new OpenAIImageProvider({...config.openai, whileWaiting, secrets: secretValues(config)});
   let generator: IdempotentGenerator | undefined;
   const logger = createLogger(config.log.level, options.logDestination, secretValues(config));
 

@@ -1,4 +1,5 @@
 import pino, {type Logger} from 'pino';
+import {REDACTED, replaceAll, scrubSecrets} from './secrets';
 
 export type {Logger};
 
@@ -12,26 +13,13 @@ const SEVERITY: Record<string, string> = {
   fatal: 'CRITICAL',
 };
 
-/** Anything shaped like an OpenAI key (sk-..., sk-proj-..., sk-svcacct-...). */
-const OPENAI_KEY_SHAPE = /\bsk-[A-Za-z0-9][A-Za-z0-9_-]{15,}/g;
-/** Values shorter than this are not searched for: they would blank out ordinary words. */
-const MIN_SECRET_LENGTH = 8;
-const REDACTED = '[redacted]';
-
 /** The secrets each logger hides, so its children (which may add texts to hide) hide them too. */
 const secretsOf = new WeakMap<Logger, readonly string[]>();
-
-function replaceAll(text: string, value: string, by: string): string {
-  return value.length > 0 && text.includes(value) ? text.split(value).join(by) : text;
-}
 
 /** Hides configured secrets, key-shaped strings, and the given texts (as sent, or JSON-escaped). */
 function textScrubber(secrets: readonly string[], hidden: readonly string[]): (text: string) => string {
   return text => {
-    let out = text;
-    for (const secret of secrets)
-      if (secret.length >= MIN_SECRET_LENGTH) out = replaceAll(out, secret, REDACTED);
-    out = out.replace(OPENAI_KEY_SHAPE, REDACTED);
+    let out = scrubSecrets(text, secrets);
     for (const value of hidden) {
       out = replaceAll(out, value, '[prompt]');
       out = replaceAll(out, JSON.stringify(value).slice(1, -1), '[prompt]');

@@ -149,6 +149,47 @@ describe('imageGen end to end, local store', () => {
     expect(filesUnder(join(dataDir(), 'objects', 'images', jobs[0].job_id))).toEqual([]);
   }, 20_000);
 
+  test('SVG authoring usage is kept in the job usage', async () => {
+    const {status, body} = await postJson(`${fn.url}/generate`, {
+      prompt: 'two logos',
+      count: 2,
+      output_format: 'svg',
+    });
+    expect(status).toBe(200);
+    const tokens = expect.any(Number);
+    expect(body.usage.svg_usage).toEqual({
+      input_tokens: tokens,
+      model: 'default',
+      output_tokens: tokens,
+      reasoning_tokens: tokens,
+      total_tokens: tokens,
+    });
+    expect(body.usage.total_tokens).toEqual(expect.any(Number));
+    const stored = await getJson(`${fn.url}/jobs/${body.job_id}`);
+    expect(stored.body.usage).toEqual(body.usage);
+  });
+
+  test('what OpenAI sends back is bounded before it is stored', async () => {
+    openai.injectFault({
+      kind: 'odd_answer',
+      revisedPrompt: 'a lighthouse, '.repeat(15_000),
+      usage: {__weird__: 3, extra: {nested: 1}, total_tokens: 'lots'},
+    });
+    const {status, body} = await postJson(`${fn.url}/generate`, {prompt: 'a lighthouse'});
+    expect(status).toBe(200);
+    const stored = await getJson(`${fn.url}/jobs/${body.job_id}`);
+    for (const job of [body, stored.body]) {
+      expect(job.images[0].revised_prompt.length).toBe(32_000);
+      expect(job.images[0].revised_prompt.startsWith('a lighthouse, a lighthouse')).toBe(true);
+      // Only the fields the SDK lists, each a count: nothing the store could refuse.
+      expect(Object.keys(job.usage).sort()).toEqual([
+        'input_tokens',
+        'input_tokens_details',
+        'output_tokens',
+      ]);
+    }
+  });
+
   test('SVG and GIF images are stored and served with their own content types', async () => {
     const svg = await postJson(`${fn.url}/generate`, {prompt: 'a logo', output_format: 'svg'});
     expect([svg.status, svg.body.images[0].content_type]).toEqual([200, 'image/svg+xml']);

@@ -1,4 +1,11 @@
-import {getJson, postJson, useFunctionWithFakeOpenAI} from '../support/function-server';
+import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
+import {
+  getJson,
+  postJson,
+  startFunction,
+  useFunctionWithFakeOpenAI,
+  type RunningFunction,
+} from '../support/function-server';
 import {useTempDir} from '../support/temp-dir';
 import {OpenApiValidator} from '../support/openapi-validator';
 
@@ -115,5 +122,61 @@ describe('API keys, quotas and refused input', () => {
         line => (line['logging.googleapis.com/labels'] as {caller?: string})?.caller === 'alice',
       ),
     ).toBe(true);
+  });
+});
+
+describe('an OpenAI key that is not sk-shaped, quoted back by a gateway', () => {
+  const GATEWAY_KEY = 'gw-gateway-secret-0123456789';
+  const dataDir = useTempDir();
+  let openai: FakeOpenAI;
+  let fn: RunningFunction;
+  beforeAll(async () => {
+    openai = await startFakeOpenAI({apiKey: GATEWAY_KEY});
+    fn = await startFunction({
+      OPENAI_API_KEY: GATEWAY_KEY,
+      OPENAI_BASE_URL: openai.url,
+      UPSTREAM_MAX_RETRIES: '0',
+      DATA_DIR: dataDir(),
+    });
+  });
+  afterAll(async () => {
+    await fn.close();
+    await openai.close();
+  });
+  beforeEach(() => openai.reset());
+
+  const failedJobs = async () => (await getJson(`${fn.url}/jobs?status=failed`)).body.jobs as unknown[];
+
+  test('a 400 quoting it leaves it out of the answer and the stored job error', async () => {
+    openai.injectFault({kind: 'echo_secrets', status: 400});
+    const response = await postJson(`${fn.url}/generate`, {prompt: 'a harbour at night'});
+    expect([response.status, response.body.code]).toEqual([400, 'VALIDATION_ERROR']);
+    // The fake did quote it, and the rest of its message still reaches the caller.
+    expect(JSON.stringify(openai.requests)).toContain(GATEWAY_KEY);
+    expect(response.body.error).toContain('Gateway rejected the request');
+    expect(response.body.error).toContain('[redacted]');
+    const jobs = await failedJobs();
+    expect(jobs).toHaveLength(1);
+    expect(jobs[0]).toMatchObject({status: 'failed', error: {code: 'VALIDATION_ERROR'}});
+    for (const text of [JSON.stringify(response.body), JSON.stringify(jobs), JSON.stringify(fn.logs)])
+      expect(text).not.toContain(GATEWAY_KEY);
+  });
+
+  test('nor in the failures of a partial job', async () => {
+    openai.injectFault({kind: 'echo_secrets', status: 400}, {times: 1});
+    // SVG makes one image per call: two calls, the first refused.
+    const response = await postJson(`${fn.url}/generate`, {
+      prompt: 'two harbours',
+      model: 'gpt-image-2',
+      output_format: 'svg',
+      count: 2,
+      allow_partial: true,
+    });
+    expect([response.status, response.body.status]).toEqual([200, 'partial']);
+    expect(response.body.failures).toHaveLength(1);
+    expect(response.body.failures[0].error).toContain('[redacted]');
+    const stored = await getJson(`${fn.url}/jobs/${response.body.job_id}`);
+    for (const text of [JSON.stringify(response.body), JSON.stringify(stored.body)])
+      expect(text).not.toContain(GATEWAY_KEY);
   });
 });

@@ -1600,6 +1600,22 @@ describe('faults', () => {
     expect(edit.message).toContain('private edit');
   });
 
+  it('odd_answer sets revised_prompt and adds usage fields to a normal answer', async () => {
+    fake.injectFault({kind: 'odd_answer', revisedPrompt: 'r'.repeat(40_000), usage: {__weird__: 1}});
+    const answer = await client.images.generate({...cheap, output_format: 'png', n: 2});
+    expect(answer.data?.map(d => d.revised_prompt?.length)).toEqual([40_000, 40_000]);
+    expect(answer.usage).toMatchObject({__weird__: 1, total_tokens: expect.any(Number)});
+    expect((await client.images.generate(cheap)).data?.[0]?.revised_prompt).toBeUndefined();
+  });
+
+  it('echo_secrets with status 400 answers an invalid_request_error repeating the same', async () => {
+    fake.injectFault({kind: 'echo_secrets', status: 400});
+    const error = await apiErrorOf(client.images.generate({...cheap, prompt: 'a secret garden'}));
+    expect([error.status, error.type, error.param]).toEqual([400, 'invalid_request_error', null]);
+    expect(error.message).toContain(`Bearer ${API_KEY}`);
+    expect(error.message).toContain('a secret garden');
+  });
+
   it('probability faults apply until clearFaults()', async () => {
     fake.injectFault({kind: 'server_error', status: 502}, {probability: 1});
     for (let i = 0; i < 3; i++) expect((await apiErrorOf(client.images.generate(cheap))).status).toBe(502);

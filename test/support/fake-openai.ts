@@ -98,8 +98,25 @@ export type FakeFault =
    * A non-streamed request gets its headers and part of the body, then the reset.
    */
   | {kind: 'stream_reset'}
-  /** 502 whose message repeats the Authorization header and the prompt, like a leaky gateway. */
-  | {kind: 'echo_secrets'};
+  /**
+   * An error whose message repeats the Authorization header and the prompt, like a leaky
+   * gateway: 502 (default), or a 400 invalid_request_error, whose message a client shows.
+   */
+  | {kind: 'echo_secrets'; status?: 400 | 502}
+  /**
+   * A normal non-streamed answer, with each image's revised_prompt set to `revisedPrompt` and
+   * `usage` given these fields too: what an answer could carry that a store should not keep.
+   */
+  | {kind: 'odd_answer'; revisedPrompt?: string; usage?: Record<string, unknown>}
+  /** Any error OpenAI might answer, as given (what a preview refusal looks like varies). */
+  | {
+      kind: 'api_error';
+      status: number;
+      message: string;
+      type?: string;
+      param?: string | null;
+      code?: string | null;
+    };
 
 export interface RecordedFilePart {
   /** Form field name as sent, e.g. 'image[]'. */
@@ -342,7 +359,15 @@ function rateLimitError(retryAfterSeconds: number): ApiError {
   );
 }
 
-function echoSecretsError(authorization: string, prompt: string): ApiError {
+function echoSecretsError(status: 400 | 502, authorization: string, prompt: string): ApiError {
+  if (status === 400) {
+    return new ApiError(400, {
+      message: `Gateway rejected the request: header authorization '${authorization}' is not valid here (prompt: ${prompt})`,
+      type: 'invalid_request_error',
+      param: null,
+      code: null,
+    });
+  }
   return new ApiError(502, {
     message: `Bad gateway: upstream refused the request (authorization: ${authorization}; prompt: ${prompt})`,
     type: 'server_error',
@@ -1825,7 +1850,12 @@ class FakeOpenAIServer implements FakeOpenAI {
     if (authError) return answerError(authError);
     const loose = read.ok && isPlainObject(read.value) ? read.value : {};
     const looseStream = loose.stream === true || loose.stream === 'true';
-    if (fault && fault.kind !== 'stream_error' && fault.kind !== 'stream_reset') {
+    if (
+      fault &&
+      fault.kind !== 'stream_error' &&
+      fault.kind !== 'stream_reset' &&
+      fault.kind !== 'odd_answer'
+    ) {
       await this.sleep(latency);
       if (this.closed) return;
       switch (fault.kind) {
@@ -1838,7 +1868,22 @@ class FakeOpenAIServer implements FakeOpenAI {
         case 'echo_secrets':
           return this.sendError(
             res,
-            echoSecretsError(String(req.headers.authorization ?? ''), String(loose.prompt ?? '')),
+            echoSecretsError(
+              fault.status ?? 502,
+              String(req.headers.authorization ?? ''),
+              String(loose.prompt ?? ''),
+            ),
+            record,
+          );
+        case 'api_error':
+          return this.sendError(
+            res,
+            new ApiError(fault.status, {
+              message: fault.message,
+              type: fault.type ?? 'invalid_request_error',
+              param: fault.param ?? null,
+              code: fault.code ?? null,
+            }),
             record,
           );
         case 'connection_reset':
@@ -1868,7 +1913,8 @@ class FakeOpenAIServer implements FakeOpenAI {
     }
     if (fault?.kind === 'stream_error') return answerError(serverError(500));
     // Make the images while the latency runs, so it is not added on top.
-    const [pieces] = await Promise.all([this.buildJsonAnswer(job), this.sleep(latency)]);
+    const odd = fault?.kind === 'odd_answer' ? fault : undefined;
+    const [pieces] = await Promise.all([this.buildJsonAnswer(job, odd), this.sleep(latency)]);
     if (this.closed) return;
     const headers = {
       'content-type': 'application/json',
@@ -1882,7 +1928,10 @@ class FakeOpenAIServer implements FakeOpenAI {
    * strings are spliced in verbatim instead of going through one giant
    * JSON.stringify, so no single step holds the event loop for long.
    */
-  private async buildJsonAnswer(job: ImageJob): Promise<string[]> {
+  private async buildJsonAnswer(
+    job: ImageJob,
+    odd?: Extract<FakeFault, {kind: 'odd_answer'}>,
+  ): Promise<string[]> {
     const first = variantCounter;
     variantCounter += job.n;
     const images = await Promise.all(
@@ -1900,12 +1949,15 @@ class FakeOpenAIServer implements FakeOpenAI {
       usage: usageFor(job, job.n, this.options.includeOutputTokensDetails === true),
     };
     if (job.outputFormat === 'svg') tail.svg_usage = svgUsageFor(job, images[0]?.length ?? 0);
+    if (odd?.usage) Object.assign(tail.usage!, odd.usage);
+    const revised =
+      odd?.revisedPrompt === undefined ? '' : `,"revised_prompt":${JSON.stringify(odd.revisedPrompt)}`;
     const pieces: string[] = [`${JSON.stringify(head).slice(0, -1)},"data":[`];
     for (const [i, bytes] of images.entries()) {
       if (this.closed) break;
       pieces.push(`${i === 0 ? '' : ','}{"b64_json":"`);
       for await (const slice of base64Slices(bytes)) pieces.push(slice);
-      pieces.push('"}');
+      pieces.push(`"${revised}}`);
     }
     pieces.push(`],${JSON.stringify(tail).slice(1)}`);
     return pieces;

@@ -157,3 +157,89 @@ describe('OpenAIImageProvider: streamed images and maxConcurrentDecodes', () => 
     expect(decoding).toBe(0);
   });
 });
+
+describe('OpenAIImageProvider: refusals of a preview feature', () => {
+  let fake: FakeOpenAI;
+  beforeAll(async () => {
+    fake = await startFakeOpenAI();
+  });
+  afterAll(() => fake.close());
+  beforeEach(() => fake.reset());
+
+  const provider = () => providerOn(fake.url);
+  const refusalOf = (parameters: Record<string, unknown>) =>
+    provider()
+      .generate({model: 'gpt-image-2', prompt: 'a lighthouse', n: 1, parameters}, async () => undefined)
+      .then(
+        () => {
+          throw new Error('the call succeeded');
+        },
+        (error: unknown) => error as {code: string; message: string; details: Record<string, unknown>},
+      );
+
+  test('a 403 naming no parameter is the GIF preview refused, not the credentials', async () => {
+    fake.injectFault({kind: 'api_error', status: 403, message: 'Your project cannot use this feature.'});
+    const error = await refusalOf({output_format: 'gif'});
+    expect(error.code).toBe('FEATURE_NOT_AVAILABLE');
+    expect(error.message).toContain('GIF output');
+    expect(error.message).toContain('Your project cannot use this feature.');
+    expect(error.details).toMatchObject({
+      feature: 'GIF output',
+      field: 'output_format',
+      upstream_status: 403,
+    });
+  });
+
+  test('a 400 naming no parameter is the SVG preview refused', async () => {
+    fake.injectFault({kind: 'api_error', status: 400, message: 'SVG output is not enabled.'});
+    const error = await refusalOf({output_format: 'svg'});
+    expect(error.code).toBe('FEATURE_NOT_AVAILABLE');
+    expect(error.details).toMatchObject({
+      feature: 'SVG output',
+      field: 'output_format',
+      upstream_status: 400,
+    });
+  });
+
+  test('a 400 naming another parameter stays a validation error on it', async () => {
+    fake.injectFault({kind: 'api_error', status: 400, message: 'Bad size.', param: 'size'});
+    const error = await refusalOf({output_format: 'gif', size: '1024x1024'});
+    expect(error.code).toBe('VALIDATION_ERROR');
+    expect(error.details).toMatchObject({fields: [{field: 'size'}]});
+  });
+
+  test('a 400 naming no parameter without a preview stays a validation error', async () => {
+    fake.injectFault({kind: 'api_error', status: 400, message: 'Something is wrong.'});
+    expect((await refusalOf({output_format: 'png'})).code).toBe('VALIDATION_ERROR');
+  });
+
+  test('a safety refusal of a GIF is still the prompt refused', async () => {
+    fake.injectFault({kind: 'content_policy'});
+    expect((await refusalOf({output_format: 'gif'})).code).toBe('CONTENT_POLICY_VIOLATION');
+  });
+
+  test('model_not_found naming svg.model is that parameter, not the request model gone', async () => {
+    fake.injectFault({
+      kind: 'api_error',
+      status: 404,
+      message: 'The model `svg-author-9` does not exist or you do not have access to it.',
+      param: 'svg.model',
+      code: 'model_not_found',
+    });
+    const error = await refusalOf({output_format: 'svg', svg: {model: 'svg-author-9'}});
+    // MODEL_UNAVAILABLE would make the use case retry on the model's replacement.
+    expect(error.code).toBe('VALIDATION_ERROR');
+    expect(error.details).toMatchObject({fields: [{field: 'svg.model'}], upstream_status: 404});
+  });
+
+  test.each([null, 'model'])('model_not_found naming %p is the model gone', async param => {
+    fake.injectFault({
+      kind: 'api_error',
+      status: 404,
+      message: 'The model `gpt-image-2` has been deprecated.',
+      param,
+      code: 'model_not_found',
+    });
+    expect((await refusalOf({output_format: 'svg'})).code).toBe('MODEL_UNAVAILABLE');
+  });
+});

@@ -51,10 +51,26 @@ export class HeaderImageCodec implements ImageCodec {
     };
   }
 
+  /**
+   * The image at `size`, in the format it came in. Every frame of an animated
+   * image (a GIF) is resized: without `animated`, sharp reads the first frame
+   * only. An SVG is returned as it is: it is drawn at whatever size it is
+   * shown, and sharp would only rasterise it, storing a PNG where an SVG was
+   * asked for.
+   */
   async resize(data: Buffer, size: {width: number; height: number}): Promise<Buffer> {
+    if (this.typeOf(data) === 'svg') return data;
     const sharp = require('sharp') as typeof import('sharp');
     // Same format out as in: sharp keeps it unless told otherwise.
-    return sharp(data).resize(size.width, size.height, {fit: 'cover'}).toBuffer();
+    return sharp(data, {animated: true}).resize(size.width, size.height, {fit: 'cover'}).toBuffer();
+  }
+
+  private typeOf(data: Buffer): string | undefined {
+    try {
+      return this.load()(data).type;
+    } catch {
+      return undefined;
+    }
   }
 }
 

@@ -8,9 +8,9 @@ import type {
   InputImage,
   UpstreamRequest,
 } from '../../core/ports';
-import type {Usage} from '../../core/records';
+import {scrubSecrets} from '../../secrets';
 import {Limiter} from './limiter';
-import {BufferPool, parseImagesResponse} from './response-parser';
+import {BufferPool, parseImagesResponse, revisedPromptOf, usageOf} from './response-parser';
 import {readImageStream} from './stream-parser';
 
 export interface OpenAIProviderOptions {
@@ -23,6 +23,12 @@ export interface OpenAIProviderOptions {
   maxRetries: number;
   /** Upstream answers read at once (each holds its images in memory until they are stored). */
   maxConcurrentDecodes: number;
+  /**
+   * Texts never to repeat (the callers' API keys); the OpenAI key is always
+   * among them. An upstream message can quote what was sent (a gateway echoes
+   * the Authorization header), and such messages reach the caller and the job.
+   */
+  secrets?: readonly string[];
   /**
    * Runs once a request has left, while it only waits for its answer: a new
    * instance gets what handling the answer needs ready (loads, connects) in
@@ -98,8 +104,14 @@ export class OpenAIImageProvider implements ImageProvider {
    */
   private readonly streamedBytes = new Map<string, number>();
 
+  /** What every upstream text goes through before it leaves the adapter. */
+  private readonly scrub: Scrub;
+
   constructor(private readonly options: OpenAIProviderOptions) {
     this.decodeSlots = new Limiter(options.maxConcurrentDecodes);
+    const secrets = [options.apiKey ?? '', ...(options.secrets ?? [])];
+    // Masked keys too ("sk-proj-****1234"): OpenAI masks them, but say nothing of them.
+    this.scrub = text => scrubSecrets(text, secrets).replace(/sk-[A-Za-z0-9_*.-]+/g, 'sk-***');
   }
 
   get configured(): boolean {
@@ -131,7 +143,7 @@ export class OpenAIImageProvider implements ImageProvider {
     const combined = signal ? AbortSignal.any([signal, deadline]) : deadline;
     const body = await this.bodyOf(request);
     const fail = (error: unknown) =>
-      translateError(error, request, deadline.aborted, signal?.aborted ?? false);
+      translateError(error, request, deadline.aborted, signal?.aborted ?? false, this.scrub);
 
     const whileWaiting = this.options.whileWaiting;
     const sent = whileWaiting && onceSent(new URL(client.baseURL).origin, whileWaiting);
@@ -264,7 +276,7 @@ export class OpenAIImageProvider implements ImageProvider {
     this.streamedBytes.set(shape, image.data.length);
     return {
       images: [{data: image.data, sha256: image.sha256, revisedPrompt: null}],
-      usage: (event.usage as Usage | undefined) ?? null,
+      usage: usageOf(event),
       release: () => {
         streamed.release();
         decoded?.();
@@ -292,7 +304,7 @@ export class OpenAIImageProvider implements ImageProvider {
     } catch (error) {
       decoded?.();
       if (deadline.aborted || signal?.aborted)
-        throw translateError(error, request, deadline.aborted, signal?.aborted ?? false);
+        throw translateError(error, request, deadline.aborted, signal?.aborted ?? false, this.scrub);
       throw new AppError('UPSTREAM_ERROR', 'OpenAI sent an answer that could not be read', {cause: error});
     }
     const items = parsed.body.data ?? [];
@@ -312,9 +324,9 @@ export class OpenAIImageProvider implements ImageProvider {
       images: parsed.images.map((image, i) => ({
         data: image.data,
         sha256: image.sha256,
-        revisedPrompt: items[i]?.revised_prompt ?? null,
+        revisedPrompt: revisedPromptOf(items[i]?.revised_prompt),
       })),
-      usage: (parsed.body.usage as Usage | undefined) ?? null,
+      usage: usageOf(parsed.body),
       release,
     };
   }
@@ -355,11 +367,14 @@ function onceSent(origin: string, callback: () => void): () => void {
   return finish;
 }
 
+type Scrub = (text: string) => string;
+
 function translateError(
   error: unknown,
   request: UpstreamRequest,
   timedOut: boolean,
   cancelled: boolean,
+  scrub: Scrub,
 ): AppError {
   const {default: OpenAIClient} = loadSdk();
   if (timedOut || error instanceof OpenAIClient.APIConnectionTimeoutError) {
@@ -376,10 +391,7 @@ function translateError(
   if (error instanceof OpenAIClient.APIConnectionError) {
     return new AppError('UPSTREAM_ERROR', 'Could not reach OpenAI', {cause: error, details});
   }
-  const gone = modelGone(error, request);
-  if (gone) return gone;
-  const preview = previewRefused(error, request);
-  if (preview) return preview;
+  // Before the preview refusals: a prompt refused while making a GIF is still the prompt's fault.
   if (code !== undefined && SAFETY_CODES.has(code)) {
     return new AppError(
       'CONTENT_POLICY_VIOLATION',
@@ -387,11 +399,20 @@ function translateError(
       {cause: error, details},
     );
   }
+  const gone = modelGone(error, request, scrub);
+  if (gone) return gone;
+  const preview = previewRefused(error, request, scrub);
+  if (preview) return preview;
   switch (error.status) {
     case 400:
     case 422:
       return validationError(
-        [{field: error.param ?? '(body)', message: `OpenAI rejected the request: ${upstreamMessage(error)}`}],
+        [
+          {
+            field: error.param ? scrub(error.param) : '(body)',
+            message: `OpenAI rejected the request: ${upstreamMessage(error, scrub)}`,
+          },
+        ],
         details,
       );
     case 401:
@@ -420,15 +441,29 @@ function translateError(
 
 type ApiError = InstanceType<Sdk['default']['APIError']>;
 
-/** OpenAI's answer when the model is shut down (404 model_not_found) or unknown to it (400 on `model`). */
-function modelGone(error: ApiError, request: UpstreamRequest): AppError | null {
+/**
+ * OpenAI's answer when the model is shut down (404 model_not_found) or unknown
+ * to it (400 on `model`). A model_not_found that names another parameter
+ * (`svg.model`) is about that parameter's model: the request's model is
+ * served, so it is the caller's value that is wrong, and no replacement model
+ * would help.
+ */
+function modelGone(error: ApiError, request: UpstreamRequest, scrub: Scrub): AppError | null {
+  const param = error.param ?? null;
+  if (error.status === 404 && error.code === 'model_not_found' && param !== null && param !== 'model') {
+    const field = scrub(param);
+    return validationError(
+      [{field, message: `OpenAI does not serve this model: ${upstreamMessage(error, scrub)}`}],
+      upstreamDetails(error),
+    );
+  }
   const gone =
     (error.status === 404 && error.code === 'model_not_found') ||
-    (error.status === 400 && error.param === 'model' && error.code === 'invalid_value');
+    (error.status === 400 && param === 'model' && error.code === 'invalid_value');
   if (!gone) return null;
   return new AppError(
     'MODEL_UNAVAILABLE',
-    `OpenAI does not serve ${request.model}: ${upstreamMessage(error)}`,
+    `OpenAI does not serve ${request.model}: ${upstreamMessage(error, scrub)}`,
     {
       cause: error,
       details: {fields: [{field: 'model', message: 'not served by OpenAI'}], ...upstreamDetails(error)},
@@ -450,15 +485,32 @@ function previewsUsed(parameters: UpstreamParameters): Record<string, string> {
  * OpenAI enables previews (GIF, SVG, transparency on some models) per
  * project: a refusal that names a preview parameter the request used is the
  * caller's feature not being enabled, not a credentials problem or an outage.
+ * A refusal that names no parameter (OpenAI does not always) of a request for
+ * GIF or SVG output is taken as that output being refused; so is any 403 of
+ * such a request (the function's credentials are good for everything else).
  */
-function previewRefused(error: ApiError, request: UpstreamRequest): AppError | null {
+function previewRefused(error: ApiError, request: UpstreamRequest, scrub: Scrub): AppError | null {
   if (error.status !== 400 && error.status !== 403) return null;
-  const feature = error.param ? previewsUsed(request.parameters)[error.param] : undefined;
-  if (!feature) return null;
+  const used = previewsUsed(request.parameters);
+  // `svg.model` or `svg[model]`: the preview is the parameter's root.
+  const named = error.param ? error.param.split(/[.[]/)[0]! : undefined;
+  const previewOutput =
+    request.parameters.output_format === 'gif' || request.parameters.output_format === 'svg';
+  const field =
+    named !== undefined && used[named]
+      ? named
+      : previewOutput && (named === undefined || error.status === 403)
+        ? 'output_format'
+        : undefined;
+  const feature = field && used[field];
+  if (!field || !feature) return null;
   return new AppError(
     'FEATURE_NOT_AVAILABLE',
-    `OpenAI did not accept ${feature} for this project or model (a preview OpenAI enables per project): ${upstreamMessage(error)}`,
-    {cause: error, details: {feature, field: error.param, ...upstreamDetails(error)}},
+    `OpenAI did not accept ${feature} for this project or model (a preview OpenAI enables per project): ${upstreamMessage(error, scrub)}`,
+    {
+      cause: error,
+      details: {feature, field: field === named ? scrub(error.param!) : field, ...upstreamDetails(error)},
+    },
   );
 }
 
@@ -470,11 +522,11 @@ function upstreamDetails(error: ApiError): Record<string, unknown> {
   };
 }
 
-function upstreamMessage(error: {message: string; error?: unknown}): string {
+/** OpenAI's message, without any secret it may quote, cut short (after scrubbing: no key is cut in half). */
+function upstreamMessage(error: {message: string; error?: unknown}, scrub: Scrub): string {
   const body = error.error as {message?: unknown} | undefined;
   const text = typeof body?.message === 'string' ? body.message : error.message;
-  // Strip anything that looks like a key; OpenAI masks keys, but be certain.
-  return text.replace(/sk-[A-Za-z0-9_*.-]+/g, 'sk-***').slice(0, 500);
+  return scrub(text).slice(0, 500);
 }
 
 function retryAfterSeconds(headers: Headers | undefined): number | undefined {

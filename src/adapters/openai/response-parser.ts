@@ -1,4 +1,6 @@
 import {createHash, type Hash} from 'node:crypto';
+import type {ImagesResponse} from 'openai/resources/images';
+import type {Usage} from '../../core/records';
 
 /** One image decoded from the response, with its sha256 computed on the way. */
 export interface DecodedImage {
@@ -8,7 +10,7 @@ export interface DecodedImage {
 
 export interface ParsedImagesResponse {
   /** The JSON with every b64_json value emptied, parsed. */
-  body: {data?: {b64_json?: string; revised_prompt?: string}[]; usage?: unknown};
+  body: {data?: {b64_json?: unknown; revised_prompt?: unknown}[]; usage?: unknown; svg_usage?: unknown};
   /** The b64_json values in order, decoded. */
   images: DecodedImage[];
   /**
@@ -246,4 +248,82 @@ export async function parseImagesResponse(
 /** A chunk as a Buffer over the same memory. */
 export function asBuffer(raw: Uint8Array): Buffer {
   return Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+}
+
+/**
+ * The fields of a usage object the SDK types list, each marked by what it
+ * holds: a count, a short text, or an object of its own. Typed from the SDK:
+ * a field it adds or drops fails to compile here.
+ */
+type UsageShape<T> = {
+  [K in keyof T]-?: NonNullable<T[K]> extends number
+    ? 'count'
+    : NonNullable<T[K]> extends string
+      ? 'text'
+      : UsageShape<NonNullable<T[K]>>;
+};
+
+const USAGE: UsageShape<ImagesResponse.Usage> = {
+  input_tokens: 'count',
+  input_tokens_details: {image_tokens: 'count', text_tokens: 'count'},
+  output_tokens: 'count',
+  total_tokens: 'count',
+  output_tokens_details: {image_tokens: 'count', text_tokens: 'count'},
+};
+
+const SVG_USAGE: UsageShape<ImagesResponse.SvgUsage> = {
+  input_tokens: 'count',
+  model: 'text',
+  output_tokens: 'count',
+  reasoning_tokens: 'count',
+  total_tokens: 'count',
+};
+
+/** A short text (a model id) is kept up to this length; a longer one is not a model id. */
+const MAX_USAGE_TEXT = 100;
+
+/** Only the fields `shape` lists, each of the kind it says; null when none is left. */
+function pick(value: unknown, shape: UsageShape<object>): Record<string, unknown> | null {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return null;
+  const out: Record<string, unknown> = {};
+  for (const [key, kind] of Object.entries(shape) as [string, unknown][]) {
+    if (!Object.hasOwn(value, key)) continue;
+    const item = (value as Record<string, unknown>)[key];
+    if (kind === 'count') {
+      if (typeof item === 'number' && Number.isFinite(item) && item >= 0) out[key] = item;
+    } else if (kind === 'text') {
+      if (typeof item === 'string' && item.length <= MAX_USAGE_TEXT) out[key] = item;
+    } else {
+      const nested = pick(item, kind as UsageShape<object>);
+      if (nested) out[key] = nested;
+    }
+  }
+  return Object.keys(out).length > 0 ? out : null;
+}
+
+/**
+ * What is kept of an answer's token usage: the fields the SDK types list
+ * (`usage`, and `svg_usage` for SVG output, under that name), nothing else.
+ * What OpenAI sends is stored after it is paid for: a field the store refuses
+ * (Firestore reserves names like `__x__`) would lose the images.
+ */
+export function usageOf(body: {usage?: unknown; svg_usage?: unknown}): Usage {
+  const usage = pick(body.usage, USAGE);
+  const svg = pick(body.svg_usage, SVG_USAGE);
+  if (!svg) return usage;
+  return {...usage, svg_usage: svg};
+}
+
+/** The longest revised prompt kept: OpenAI's prompt limit for GPT image models. */
+export const MAX_REVISED_PROMPT_CHARS = 32_000;
+
+/** An image's revised prompt, cut to a length a prompt can have; null if there is none. */
+export function revisedPromptOf(value: unknown): string | null {
+  if (typeof value !== 'string') return null;
+  if (value.length <= MAX_REVISED_PROMPT_CHARS) return value;
+  // Never half of a surrogate pair: the cut text stays valid UTF-16, and so encodes to UTF-8.
+  const end = /[\uD800-\uDBFF]/.test(value[MAX_REVISED_PROMPT_CHARS - 1]!)
+    ? MAX_REVISED_PROMPT_CHARS - 1
+    : MAX_REVISED_PROMPT_CHARS;
+  return value.slice(0, end);
 }
