@@ -1,6 +1,7 @@
 import type {Readable} from 'node:stream';
 import {notFound, storageCall} from '../errors';
 import {isId} from '../ids';
+import type {ObjectInfo} from '../ports';
 import type {ImageRecord, JobRecord} from '../records';
 import {mayAccess, type Requester} from '../requester';
 import type {JobDeps} from './jobs';
@@ -17,6 +18,35 @@ export async function findImage(
   const job = await storageCall('Could not read the job record', deps.metadata.getJob(image.job_id));
   if (!job || !mayAccess(requester, job.owner)) throw notFound('image', id);
   return {image, job};
+}
+
+/**
+ * The record of an image of `jobId`, rebuilt from what its object was written
+ * with (see generate); null when the object does not carry it. The requested
+ * size and the revised prompt are not kept there: the size is the image's own.
+ */
+export function imageOfObject(jobId: string, object: ObjectInfo): ImageRecord | null {
+  const m = object.metadata;
+  const index = Number(m.index);
+  const width = Number(m.width);
+  const height = Number(m.height);
+  if (m.job_id !== jobId || !m.image_id || !m.sha256 || !m.model) return null;
+  if (!Number.isInteger(index) || !(width > 0) || !(height > 0)) return null;
+  return {
+    id: m.image_id,
+    job_id: jobId,
+    index,
+    object_path: object.path,
+    content_type: object.contentType,
+    bytes: object.bytes,
+    sha256: m.sha256,
+    width,
+    height,
+    model: m.model,
+    size: `${width}x${height}`,
+    revised_prompt: null,
+    created_at: object.createdAt.toISOString(),
+  };
 }
 
 export async function openImage(deps: JobDeps, image: ImageRecord): Promise<Readable> {
