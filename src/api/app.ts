@@ -88,8 +88,9 @@ function signedUrlRequester(
   const signature = query.get('signature');
   if (expires === null || signature === null) return null;
   if (!/^\d{1,12}$/.test(expires) || !/^[0-9a-f]{64}$/.test(signature)) return null;
-  const verdict = verifyProxySignature(key, imageId, expires, signature, now);
-  if (verdict === 'valid') return {kind: 'signed-url', imageId};
+  const jobId = query.get('job');
+  const verdict = verifyProxySignature(key, imageId, jobId, expires, signature, now);
+  if (verdict === 'valid') return {kind: 'signed-url', imageId, jobId};
   throw new AppError(
     'UNAUTHENTICATED',
     verdict === 'expired'

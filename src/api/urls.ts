@@ -168,9 +168,12 @@ export function imageLinker(config: Config, store: ObjectStore, req: IncomingMes
       cloudRun: config.cloudRun,
     }));
   const key = config.urls.proxySigningKey;
+  // A proxy link names the image's job: a stream links an image as soon as
+  // it is stored, before its job is completed and its record written, and
+  // GET /images/:id finds it then through its running job.
   if (!key) {
     return async image => ({
-      url: `${await baseUrl()}/images/${image.id}`,
+      url: `${await baseUrl()}/images/${image.id}?job=${image.job_id}`,
       url_expires_at: null,
       gcs_uri: gcsUri(image),
     });
@@ -180,28 +183,35 @@ export function imageLinker(config: Config, store: ObjectStore, req: IncomingMes
   return async image => {
     const base = await baseUrl();
     const expires = Math.floor(Date.now() / 1000) + signedTtlSeconds;
-    const signature = proxySignature(key, image.id, expires);
+    const signature = proxySignature(key, image.id, image.job_id, expires);
     return {
-      url: `${base}/images/${image.id}?expires=${expires}&signature=${signature}`,
+      url: `${base}/images/${image.id}?job=${image.job_id}&expires=${expires}&signature=${signature}`,
       url_expires_at: new Date(expires * 1000).toISOString(),
       gcs_uri: gcsUri(image),
     };
   };
 }
 
-function proxySignature(key: Buffer, imageId: string, expires: number): string {
-  return createHmac('sha256', key).update(`${imageId}\n${expires}`).digest('hex');
+/**
+ * HMAC of the image id, its job and the expiry. URLs signed before links
+ * named their job sign only the id and the expiry (`jobId` null); they stay
+ * valid until they expire. The two messages differ in their number of lines.
+ */
+function proxySignature(key: Buffer, imageId: string, jobId: string | null, expires: number): string {
+  const message = jobId === null ? `${imageId}\n${expires}` : `${imageId}\n${jobId}\n${expires}`;
+  return createHmac('sha256', key).update(message).digest('hex');
 }
 
-/** Whether a proxy URL's signature is ours for this image and has not expired. */
+/** Whether a proxy URL's signature is ours for this image (and job, if it names one) and has not expired. */
 export function verifyProxySignature(
   key: Buffer,
   imageId: string,
+  jobId: string | null,
   expires: string,
   signature: string,
   now: Date,
 ): 'valid' | 'expired' | 'invalid' {
-  const expected = Buffer.from(proxySignature(key, imageId, Number(expires)), 'hex');
+  const expected = Buffer.from(proxySignature(key, imageId, jobId, Number(expires)), 'hex');
   const given = Buffer.from(signature, 'hex');
   if (given.length !== expected.length || !timingSafeEqual(given, expected)) return 'invalid';
   return Number(expires) * 1000 > now.getTime() ? 'valid' : 'expired';

@@ -9,8 +9,12 @@ export type Requester =
   | {kind: 'iam'; email: string | null}
   /** A caller that presented one of the configured API keys. */
   | {kind: 'api-key'; name: string; admin: boolean; dailyQuota: number | null}
-  /** Someone holding a URL this function signed for one image (a browser's <img>). */
-  | {kind: 'signed-url'; imageId: string};
+  /**
+   * Someone holding a URL this function signed for one image (a browser's
+   * <img>); `jobId` is the image's job, signed with it (null in a URL signed
+   * before links named their job).
+   */
+  | {kind: 'signed-url'; imageId: string; jobId: string | null};
 
 /** The owner recorded on what a request makes: the key's name, or the IAM caller's email. */
 export function ownerOf(requester: Requester): string | null {

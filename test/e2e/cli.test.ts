@@ -44,7 +44,8 @@ describe('the compiled function under the Functions Framework CLI', () => {
       expect(Buffer.from(await image.arrayBuffer()).length).toBe(body.images[0]!.bytes);
       // One JSON line per request, in the shape Cloud Logging reads. The image's line is
       // written once its bytes are out, which may be just after the client has them all.
-      const imagePath = new URL(body.image_url).pathname;
+      const {pathname, search} = new URL(body.image_url);
+      const imagePath = `${pathname}${search}`;
       for (let i = 0; i < 100 && !fn.output().includes(`"requestUrl":"${imagePath}"`); i++) {
         await new Promise(resolve => setTimeout(resolve, 20));
       }

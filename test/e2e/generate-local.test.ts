@@ -48,7 +48,7 @@ describe('imageGen end to end, local store', () => {
     expect(body.images).toHaveLength(1);
     const [image] = body.images;
     expect(image.id).toMatch(UUID);
-    expect(body.image_url).toBe(`${fn.url}/images/${image.id}`);
+    expect(body.image_url).toBe(`${fn.url}/images/${image.id}?job=${body.job_id}`);
     expect(image).toMatchObject({
       content_type: 'image/png',
       width: 1024,
@@ -375,7 +375,7 @@ describe('imageGen end to end, local store', () => {
       {prompt: 'proxied'},
       {'x-forwarded-proto': 'https', 'x-forwarded-host': 'img.example.com'},
     );
-    expect(body.image_url).toBe(`${fn.url}/images/${body.images[0].id}`);
+    expect(body.image_url).toBe(`${fn.url}/images/${body.images[0].id}?job=${body.job_id}`);
   });
 
   test('the access line carries the trace, the job and image ids, and the upstream time', async () => {

@@ -195,7 +195,9 @@ export function ownershipSuite(name: string, backend: OwnershipBackend): void {
       other.pathname = `/images/${carolJob.images[1].id}`;
       const later = new URL(url);
       later.searchParams.set('expires', String(Number(signed.searchParams.get('expires')) + 3600));
-      for (const forged of [tampered, other, later]) {
+      const otherJob = new URL(url);
+      otherJob.searchParams.set('job', randomUUID());
+      for (const forged of [tampered, other, later, otherJob]) {
         const response = await fetch(forged);
         const body = (await response.json()) as {code: string};
         expect([forged.search, response.status, body.code]).toEqual([forged.search, 401, 'UNAUTHENTICATED']);
@@ -212,7 +214,7 @@ export function ownershipSuite(name: string, backend: OwnershipBackend): void {
       }
       // The signature is a credential: the access log keeps the URL without it.
       const logged = JSON.stringify(fn.logs);
-      expect(logged).toContain(`/images/${carolJob.images[0].id}?expires=`);
+      expect(logged).toContain(`/images/${carolJob.images[0].id}?job=${carolJob.job_id}&expires=`);
       for (const value of [signed.searchParams.get('signature')!, flipped])
         expect(logged).not.toContain(value);
     });

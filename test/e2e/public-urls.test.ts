@@ -77,13 +77,13 @@ describe('image URLs never point where a caller says', () => {
       const port = new URL(fn.url).port;
       const {status, body} = await generate(fn, evil);
       expect(status).toBe(200);
-      expect(body.image_url).toBe(`http://localhost:${port}/images/${body.images[0].id}`);
+      expect(body.image_url).toBe(`http://localhost:${port}/images/${body.images[0].id}?job=${body.job_id}`);
     });
 
     test('a loopback Host is kept as the caller used it', async () => {
       const fn = await start({});
       const {body} = await generate(fn, {Host: 'localhost:4321'});
-      expect(body.image_url).toBe(`http://localhost:4321/images/${body.images[0].id}`);
+      expect(body.image_url).toBe(`http://localhost:4321/images/${body.images[0].id}?job=${body.job_id}`);
     });
 
     test("with TRUST_PROXY the nearest proxy's proto and host count, and must still be the function's", async () => {
@@ -94,15 +94,21 @@ describe('image URLs never point where a caller says', () => {
         'X-Forwarded-Proto': 'http, https',
         'X-Forwarded-Host': 'evil.example.com, localhost:8443',
       });
-      expect(nearest.body.image_url).toBe(`https://localhost:8443/images/${nearest.body.images[0].id}`);
+      expect(nearest.body.image_url).toBe(
+        `https://localhost:8443/images/${nearest.body.images[0].id}?job=${nearest.body.job_id}`,
+      );
       const foreign = await generate(fn, evil);
-      expect(foreign.body.image_url).toBe(`https://localhost:${port}/images/${foreign.body.images[0].id}`);
+      expect(foreign.body.image_url).toBe(
+        `https://localhost:${port}/images/${foreign.body.images[0].id}?job=${foreign.body.job_id}`,
+      );
     });
 
     test('PUBLIC_BASE_URL wins over everything', async () => {
       const fn = await start({PUBLIC_BASE_URL: 'https://img.example.org/base/', TRUST_PROXY: 'true'});
       const {body} = await generate(fn, evil);
-      expect(body.image_url).toBe(`https://img.example.org/base/images/${body.images[0].id}`);
+      expect(body.image_url).toBe(
+        `https://img.example.org/base/images/${body.images[0].id}?job=${body.job_id}`,
+      );
     });
   });
 
@@ -124,7 +130,7 @@ describe('image URLs never point where a caller says', () => {
     ])('%s gives the service run.app URL from the metadata server', async (_case, headers) => {
       const fn = await start(cloudRun());
       const {body} = await generate(fn, headers);
-      expect(body.image_url).toBe(`${RUN_APP}/images/${body.images[0].id}`);
+      expect(body.image_url).toBe(`${RUN_APP}/images/${body.images[0].id}?job=${body.job_id}`);
     });
 
     test("the function's own cloudfunctions.net host is kept, with the function's name", async () => {
@@ -134,7 +140,7 @@ describe('image URLs never point where a caller says', () => {
         'X-Forwarded-Host': 'europe-west1-my-project.cloudfunctions.net',
       });
       expect(body.image_url).toBe(
-        `https://europe-west1-my-project.cloudfunctions.net/imageGen/images/${body.images[0].id}`,
+        `https://europe-west1-my-project.cloudfunctions.net/imageGen/images/${body.images[0].id}?job=${body.job_id}`,
       );
     });
 
@@ -146,7 +152,7 @@ describe('image URLs never point where a caller says', () => {
       });
       const own = await generate(fn, {Host: 'asia-east1-my-project.cloudfunctions.net'});
       expect(own.body.image_url).toBe(
-        `https://asia-east1-my-project.cloudfunctions.net/imageGen/images/${own.body.images[0].id}`,
+        `https://asia-east1-my-project.cloudfunctions.net/imageGen/images/${own.body.images[0].id}?job=${own.body.job_id}`,
       );
       const response = await rawRequest(fn.url, {
         head: `GET /jobs/${own.body.job_id} HTTP/1.1\r\nHost: evil.example.com`,

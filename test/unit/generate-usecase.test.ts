@@ -4,8 +4,9 @@ import {AppError, OutcomeUnknownError} from '../../src/core/errors';
 import type {GenerateCommand} from '../../src/core/generation';
 import {commandFor} from '../support/commands';
 import {generateImages, sumUsage, type GenerateDeps} from '../../src/core/usecases/generate';
-import {MemoryMetadataStore, MemoryObjectStore} from '../support/memory-stores';
+import type {MemoryMetadataStore} from '../support/memory-stores';
 import {ScriptedProvider, tinyPng} from '../support/scripted-provider';
+import {generateDeps} from '../support/generate-deps';
 
 /** The command for `body`; with `imagesPerCall`, split into calls of that many images. */
 function command(body: Record<string, unknown> = {}, imagesPerCall?: number): GenerateCommand {
@@ -15,18 +16,7 @@ function command(body: Record<string, unknown> = {}, imagesPerCall?: number): Ge
 }
 
 function setUp() {
-  const provider = new ScriptedProvider();
-  const objects = new MemoryObjectStore();
-  const metadata = new MemoryMetadataStore();
-  const deps: GenerateDeps = {
-    provider,
-    objects,
-    metadata,
-    codec: new HeaderImageCodec(),
-    ownBucket: null,
-    sourceBuckets: [],
-  };
-  return {provider, objects, metadata, deps};
+  return generateDeps(new ScriptedProvider());
 }
 
 const LEASE_MS = 6 * 60_000;

@@ -115,9 +115,11 @@ describe('who may see and touch what', () => {
   test('a signed URL opens the one image it was signed for', async () => {
     const {deps, job} = await carolsJob();
     const image = job.images[0]!;
-    expect((await findImage(deps, {kind: 'signed-url', imageId: image.id}, image.id)).image).toEqual(image);
+    expect(
+      (await findImage(deps, {kind: 'signed-url', imageId: image.id, jobId: null}, image.id)).image,
+    ).toEqual(image);
     await expect(
-      findImage(deps, {kind: 'signed-url', imageId: randomUUID()}, image.id),
+      findImage(deps, {kind: 'signed-url', imageId: randomUUID(), jobId: null}, image.id),
     ).rejects.toMatchObject({
       code: 'IMAGE_NOT_FOUND',
     });

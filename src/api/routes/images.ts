@@ -1,14 +1,23 @@
 import {pipeline} from 'node:stream/promises';
 import {z} from 'zod';
-import {deleteImage, findImage, openImage} from '../../core/usecases/images';
+import {deleteImage, findImage, findImageToServe, openImage} from '../../core/usecases/images';
 import {sendJson} from '../responses';
 import {defineRoute} from '../route';
 import {DeletedSchema, IMAGE_CONTENT_TYPES, ImageUrlSchema} from '../views';
 
 const ImageParamsSchema = z.object({id: z.string().describe('Image id (a UUID).')});
 
-/** What a signed proxy URL adds (see api/urls.ts); without them the caller's key is needed. */
-const SignedUrlQuerySchema = z.object({
+/**
+ * What a proxy image link adds (see api/urls.ts): its job, and with API keys
+ * its own credential; without `expires` and `signature` the caller's key is needed.
+ */
+const ImageLinkQuerySchema = z.object({
+  job: z
+    .uuid()
+    .optional()
+    .describe(
+      "The image's job. Image links name it, so an image of a job still running (linked by a stream's `image.completed`) is found.",
+    ),
   expires: z
     .string()
     .regex(/^\d{1,12}$/)
@@ -18,7 +27,7 @@ const SignedUrlQuerySchema = z.object({
     .string()
     .regex(/^[0-9a-f]{64}$/)
     .optional()
-    .describe('HMAC of the image id and `expires`.'),
+    .describe('HMAC of the image id, `job` and `expires`.'),
 });
 
 const IMAGE_CACHE_CONTROL = 'public, max-age=31536000, immutable';
@@ -48,7 +57,7 @@ function serveImageRoute(method: 'GET' | 'HEAD') {
     params: ImageParamsSchema,
     // A signed proxy URL is its own credential, so a browser's <img> needs no header.
     signedUrls: true,
-    query: SignedUrlQuerySchema,
+    query: ImageLinkQuerySchema,
     headers: z.object({'If-None-Match': z.string().optional()}),
     responses: {
       200: {
@@ -59,7 +68,7 @@ function serveImageRoute(method: 'GET' | 'HEAD') {
     },
     errors: method === 'GET' ? ['IMAGE_NOT_FOUND', 'STORAGE_ERROR'] : ['IMAGE_NOT_FOUND'],
     async handle(ctx) {
-      const {image} = await findImage(ctx.services, ctx.requester, ctx.params.id);
+      const image = await findImageToServe(ctx.services, ctx.requester, ctx.params.id, ctx.query.job);
       ctx.labels.image_ids = image.id;
       const etag = `"${image.sha256}"`;
       const headers = {

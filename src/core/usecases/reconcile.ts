@@ -1,6 +1,7 @@
 import {jobPrefix} from '../ids';
 import type {MetadataStore, ObjectInfo, ObjectStore} from '../ports';
 import type {ImageRecord, JobRecord} from '../records';
+import {imageOfObject} from './images';
 
 export interface ReconcileDeps {
   objects: ObjectStore;
@@ -165,27 +166,8 @@ async function settleStaleJob(deps: ReconcileDeps, job: JobRecord, now: Date, re
 function imagesFrom(job: JobRecord, objects: ObjectInfo[]): ImageRecord[] | null {
   const byIndex = new Map<number, ImageRecord>();
   for (const object of objects) {
-    const m = object.metadata;
-    const index = Number(m.index);
-    const width = Number(m.width);
-    const height = Number(m.height);
-    if (m.job_id !== job.id || !m.image_id || !m.sha256 || !m.model) continue;
-    if (!Number.isInteger(index) || !(width > 0) || !(height > 0) || byIndex.has(index)) continue;
-    byIndex.set(index, {
-      id: m.image_id,
-      job_id: job.id,
-      index,
-      object_path: object.path,
-      content_type: object.contentType,
-      bytes: object.bytes,
-      sha256: m.sha256,
-      width,
-      height,
-      model: m.model,
-      size: `${width}x${height}`,
-      revised_prompt: null,
-      created_at: object.createdAt.toISOString(),
-    });
+    const image = imageOfObject(job.id, object);
+    if (image && !byIndex.has(image.index)) byIndex.set(image.index, image);
   }
   const count = job.parameters.count;
   if (byIndex.size !== count) return null;
