@@ -761,7 +761,11 @@ export function translate(
   if (!takesSize) {
     const wanted = parseSize(size);
     const nearest = wanted ? nearestSize(rules, wanted) : null;
-    if (wanted && nearest) {
+    if (wanted && nearest && format === 'svg') {
+      // A vector image is drawn at any size: it is kept as made, never resized.
+      parameters.size = nearest;
+      note('PARAMETER_TRANSLATED', 'size', `${target.id} cannot make ${size}: the SVG is made at ${nearest}`);
+    } else if (wanted && nearest) {
       parameters.size = nearest;
       resizeTo = wanted;
       note(

@@ -139,6 +139,20 @@ describe('the payloads', () => {
     expect(parseEditBody({prompt: 'x', images: [{b64_json: 'AAAA'}], mask: null}).edit?.mask).toBeUndefined();
   });
 
+  test('an SVG its fallback model cannot make at its size is made at the nearest one, never resized', () => {
+    const catalogue = new ModelCatalogue({aliases: {'gpt-image-2': 'gpt-image-2.6-sunburst'}});
+    const body = {prompt: 'x', model: 'gpt-image-2', size: '1536x864'};
+    const svg = plan({...body, output_format: 'svg'}, {catalogue}).fallback!;
+    expect([svg.model, svg.parameters.size, svg.resizeTo]).toEqual([
+      'gpt-image-2.6-sunburst',
+      '1536x1024',
+      null,
+    ]);
+    expect(svg.warnings.find(warning => warning.field === 'size')?.code).toBe('PARAMETER_TRANSLATED');
+    const png = plan(body, {catalogue}).fallback!;
+    expect(png.resizeTo).toEqual({width: 1536, height: 864});
+  });
+
   test('a GIF frame delay above what GIF encodes is taken: OpenAI caps it', () => {
     const gif = plan({prompt: 'x', model: 'gpt-image-2', output_format: 'gif', frame_duration_ms: 1_000_000});
     expect(gif.plan.parameters.frame_duration_ms).toBe(1_000_000);
