@@ -7,7 +7,7 @@ import type {JobRecord} from '../core/records';
 import {JOB_EVENTS, answerWithJob} from './job-answer';
 import type {RouteContext} from './route';
 import {acceptsEventStream} from './sse';
-import {JobViewSchema} from './views';
+import {JobViewSchema, type JobView} from './views';
 
 /**
  * What every operation that makes a job (generate, edit) shares: its
@@ -25,14 +25,19 @@ export const GenerationHeadersSchema = z.object({
     }),
 });
 
-export const GENERATION_RESPONSES = {
-  200: {
-    description:
-      'The completed job; with `stream: true` or Accept: text/event-stream, the job as it is made, as Server-Sent Events',
-    schema: JobViewSchema,
-    events: JOB_EVENTS,
-  },
-};
+/** The answers of an operation that makes a job; `schema` is what a JSON answer holds. */
+export function generationResponses<S extends typeof JobViewSchema>(schema: S) {
+  return {
+    200: {
+      description:
+        'The completed job; with `stream: true` or Accept: text/event-stream, the job as it is made, as Server-Sent Events',
+      schema,
+      events: JOB_EVENTS,
+    },
+  };
+}
+
+export const GENERATION_RESPONSES = generationResponses(JobViewSchema);
 
 export const GENERATION_ERRORS = [
   'INVALID_JSON',
@@ -94,7 +99,10 @@ type GenerationContext = RouteContext<
  * must agree with `idempotency_key`), runs the job and answers with it, as
  * JSON or as a stream.
  */
-export async function runGeneration(ctx: GenerationContext): Promise<void> {
+export async function runGeneration(
+  ctx: GenerationContext,
+  shape?: (view: JobView, job: JobRecord) => unknown,
+): Promise<void> {
   const {config, generator, now} = ctx.services;
   const request = acceptsEventStream(ctx.req) ? streamed(ctx.body) : ctx.body;
   const command = planGeneration(request, {
@@ -126,5 +134,6 @@ export async function runGeneration(ctx: GenerationContext): Promise<void> {
     stream: request.stream !== null,
     run: onEvent => generator.generate(command, ctx.requester, onEvent),
     headersFor: job => lifecycleHeaders(config.models, job),
+    ...(shape ? {shape} : {}),
   });
 }

@@ -6,7 +6,7 @@ import {errorBody, sendJson, toAppError} from './responses';
 import type {EventSpecs, RouteContext} from './route';
 import {EventStream} from './sse';
 import type {ImageLinker} from './urls';
-import {ErrorBodySchema, ImageViewSchema, JobViewSchema, imageView, jobView} from './views';
+import {ErrorBodySchema, ImageViewSchema, JobViewSchema, imageView, jobView, type JobView} from './views';
 
 /**
  * Answering with a job that is being made: one JSON body once it is done, or,
@@ -89,6 +89,8 @@ export interface JobAnswer {
   run(onEvent?: (event: GenerationEvent) => void): Promise<GenerateOutcome>;
   /** Response headers that depend on the job (a model's deprecation, say). */
   headersFor?(job: JobRecord): Record<string, string>;
+  /** What a JSON answer sends, from the job view (the view itself when unset). */
+  shape?(view: JobView, job: JobRecord): unknown;
 }
 
 type AnswerContext = Pick<RouteContext<unknown, unknown, unknown, unknown>, 'res' | 'labels' | 'links'>;
@@ -108,7 +110,8 @@ export async function answerWithJob(ctx: AnswerContext, answer: JobAnswer): Prom
   if (!answer.stream) {
     const {job, replayed} = await answer.run();
     labelJob(ctx.labels, job);
-    sendJson(ctx.res, 200, await jobView(job, ctx.links), headers(job, replayed));
+    const view = await jobView(job, ctx.links);
+    sendJson(ctx.res, 200, answer.shape ? answer.shape(view, job) : view, headers(job, replayed));
     return;
   }
 

@@ -106,6 +106,26 @@ export const ErrorBodySchema = z
   })
   .meta({id: 'Error'});
 
+/**
+ * The job view with OpenAI's ImagesResponse fields added, for a client of
+ * OpenAI's SDK posting to `/images/edits`: `data[].url` serves each image.
+ */
+export const SdkJobViewSchema = JobViewSchema.extend({
+  created: z.int().describe("The job's creation, in Unix seconds (OpenAI's `created`)."),
+  data: z
+    .array(z.object({url: z.string(), revised_prompt: z.string().nullable()}))
+    .describe("The images as OpenAI's `data`: stored, so each is a URL, never `b64_json`."),
+}).meta({id: 'SdkJob', description: "A job, also shaped as OpenAI's ImagesResponse."});
+
+/** The job view as `SdkJobViewSchema` describes it. */
+export function sdkJobView(view: JobView, job: JobRecord): z.infer<typeof SdkJobViewSchema> {
+  return {
+    ...view,
+    created: Math.floor(Date.parse(job.created_at) / 1000),
+    data: view.images.map(image => ({url: image.url, revised_prompt: image.revised_prompt})),
+  };
+}
+
 export type ImageView = z.infer<typeof ImageViewSchema>;
 export type JobView = z.infer<typeof JobViewSchema>;
 

@@ -118,6 +118,11 @@ const jobFields = {
   n: imageCount.optional().describe('Alias of `count`.'),
   model: z.string().max(64).optional().describe('Image model (GET /models); defaults to DEFAULT_MODEL.'),
   user: endUserId.optional().describe('Deprecated alias of `safety_identifier`.'),
+  // Sent by clients of OpenAI's SDK; images are stored, so only URLs can be answered.
+  response_format: z
+    .enum(['url'])
+    .optional()
+    .describe('Only `url`: images are stored and answered by URL, never as `b64_json`.'),
   metadata: JobMetadataSchema.optional(),
   allow_partial: z
     .boolean()

@@ -180,6 +180,13 @@ describe('POST /edits, local store', () => {
         parameters: {requested_model: 'gpt-image-2.5-flare', count: 2, quality: 'low'},
       });
       expect(job.images).toHaveLength(2);
+      // And what the SDK's types say it is: data[].url serves each stored image.
+      expect(result.created).toBe(Math.floor(Date.parse((job as {created_at?: string}).created_at!) / 1000));
+      expect(result.data?.map(image => image.url)).toEqual(job.images.map(image => image.url));
+      for (const image of result.data ?? []) {
+        const served = await fetch(image.url!, {headers: {'X-API-Key': ALICE}});
+        expect([served.status, served.headers.get('content-type')]).toEqual([200, 'image/png']);
+      }
       expect(sentFields()).toMatchObject({model: 'gpt-image-2.5-flare', n: '2', quality: 'low'});
       expect(sentFiles().map(file => file.sha256)).toEqual([sha256(photo)]);
 
@@ -192,6 +199,23 @@ describe('POST /edits, local store', () => {
         model: 'gpt-image-2',
       });
       expect((several as unknown as {source_images: unknown[]}).source_images).toHaveLength(2);
+
+      // response_format: url is what it answers anyway; b64_json cannot be, and says why.
+      const asUrl = await client.images.edit({
+        image: await toFile(photo, 'photo.png', {type: 'image/png'}),
+        prompt: 'add a hat',
+        response_format: 'url',
+      });
+      expect(asUrl.data).toHaveLength(1);
+      const asBase64 = await client.images
+        .edit({
+          image: await toFile(photo, 'photo.png', {type: 'image/png'}),
+          prompt: 'x',
+          response_format: 'b64_json',
+        })
+        .catch((error: unknown) => error);
+      expect(asBase64).toBeInstanceOf(OpenAI.BadRequestError);
+      expect((asBase64 as Error).message).toContain('response_format');
     });
 
     test('a refused edit is the SDK error of its status, with our message', async () => {

@@ -2,14 +2,18 @@ import {EditRequestSchema, parseEditBody} from '../../core/generation';
 import {EditFormSchema, readEditForm} from '../edit-form';
 import {
   GENERATION_ERRORS,
-  GENERATION_RESPONSES,
   GenerationHeadersSchema,
+  generationResponses,
   runGeneration,
 } from '../generation-route';
 import {defineRoute} from '../route';
+import {JobViewSchema, SdkJobViewSchema, sdkJobView} from '../views';
 
-/** Edits stored images, uploads or Cloud Storage objects into new ones, stored as a new job. */
-function editRoute(path: string, operationId: string) {
+/**
+ * Edits stored images, uploads or Cloud Storage objects into new ones,
+ * stored as a new job; `sdk` also shapes the answer as OpenAI's.
+ */
+function editRoute(path: string, operationId: string, sdk: boolean) {
   return defineRoute({
     method: 'POST',
     path,
@@ -24,11 +28,14 @@ function editRoute(path: string, operationId: string) {
       streamed: {'multipart/form-data': {schema: EditFormSchema, read: readEditForm}},
       prompts: body => [body.prompt],
     },
-    responses: GENERATION_RESPONSES,
+    responses: generationResponses(sdk ? SdkJobViewSchema : JobViewSchema),
     errors: [...GENERATION_ERRORS, 'IMAGE_NOT_FOUND'],
-    handle: runGeneration,
+    handle: ctx => runGeneration(ctx, sdk ? sdkJobView : undefined),
   });
 }
 
 /** `/images/edits` is where OpenAI's SDK posts an edit, so a client built for it can point here. */
-export const editRoutes = [editRoute('/edits', 'edit'), editRoute('/images/edits', 'editAtSdkPath')];
+export const editRoutes = [
+  editRoute('/edits', 'edit', false),
+  editRoute('/images/edits', 'editAtSdkPath', true),
+];
