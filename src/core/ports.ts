@@ -78,6 +78,8 @@ export interface ImageCodec {
   inspect(data: Buffer, knownSha256?: string): ImageInfo | null;
   /** The image at exactly this size (cropped to its shape if need be), in its own format. */
   resize(data: Buffer, size: {width: number; height: number}): Promise<Buffer>;
+  /** Whether any pixel is less than fully opaque (its pixels decoded: slow, for small overlays only). */
+  hasTransparentPixels(data: Buffer): Promise<boolean>;
 }
 
 /** Reads objects in other Cloud Storage buckets: the gs:// sources an edit may name. */

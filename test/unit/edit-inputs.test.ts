@@ -256,6 +256,23 @@ describe('resolveEditInputs', () => {
     expect(webpMask.problems).toEqual(['mask: must be a PNG with an alpha channel']);
   });
 
+  test('a markup with no transparent pixel is refused: laid over the image, it would hide it', async () => {
+    const {deps} = setUp();
+    const image = bytes(await solidImage('png', 64, 48));
+    const opaque = await sharp({
+      create: {width: 64, height: 48, channels: 4, background: {r: 1, g: 2, b: 3, alpha: 1}},
+    })
+      .png()
+      .toBuffer();
+    const refused = await failure(resolveEditInputs(deps, alice, {images: [image], markup: bytes(opaque)}));
+    expect(refused.problems).toEqual(['markup: must have transparent pixels (it is laid over the image)']);
+    const drawn = await resolveEditInputs(deps, alice, {
+      images: [image],
+      markup: bytes(await solidImage('png', 64, 48, {alpha: true})),
+    });
+    expect(drawn.upstream.markup?.contentType).toBe('image/png');
+  });
+
   test("image ids resolve to the requester's own images only", async () => {
     const {deps, objects, metadata} = setUp();
     const {data, image} = await storedImageOf(objects, metadata, 'alice');

@@ -58,6 +58,12 @@ export class HeaderImageCodec implements ImageCodec {
    * shown, and sharp would only rasterise it, storing a PNG where an SVG was
    * asked for.
    */
+  async hasTransparentPixels(data: Buffer): Promise<boolean> {
+    const sharp = require('sharp') as typeof import('sharp');
+    const alpha = (await sharp(data).stats()).channels[3];
+    return alpha !== undefined && alpha.min < 255;
+  }
+
   async resize(data: Buffer, size: {width: number; height: number}): Promise<Buffer> {
     if (this.typeOf(data) === 'svg') return data;
     const sharp = require('sharp') as typeof import('sharp');

@@ -78,6 +78,15 @@ export async function resolveEditInputs(
         field: overlay.field,
         message: `is ${overlay.info.width}x${overlay.info.height}; it must be the size of the first image, ${first.width}x${first.height}`,
       });
+    } else if (
+      overlay.role === 'markup' &&
+      !(await deps.codec.hasTransparentPixels(await wholeBytes(overlay.data)))
+    ) {
+      // OpenAI lays the markup over the image: one with no transparent pixel would hide it all.
+      problems.push({
+        field: overlay.field,
+        message: 'must have transparent pixels (it is laid over the image)',
+      });
     }
   }
   if (problems.length > 0) {
