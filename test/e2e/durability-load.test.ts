@@ -2,12 +2,10 @@ import {randomUUID} from 'node:crypto';
 import {mkdirSync, mkdtempSync, rmSync, writeFileSync} from 'node:fs';
 import {tmpdir} from 'node:os';
 import {join} from 'node:path';
-import type {Firestore} from '@google-cloud/firestore';
 import {call, clockMovedBy, LATER_MS, LEASE_MS, UPSTREAM_TIMEOUT_SECONDS} from '../support/durability';
 import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
-import {describeWithFirestore, firestoreForTests} from '../support/firestore';
+import {describeWithFirestore, useGcpStores} from '../support/firestore';
 import {buildFunction, startFunctionProcess, type FunctionProcess} from '../support/function-process';
-import {startGcsTestServer, type GcsTestServer} from '../support/gcs-server';
 import {
   expectInvariants,
   gcpSnapshot,
@@ -260,30 +258,14 @@ describe('load with kill -9', () => {
 
   describeWithFirestore('Cloud Storage + Firestore', () => {
     const bucket = 'imagegen-crash-load';
-    const projectId = `crash-load-${randomUUID().slice(0, 8)}`;
-    let gcs: GcsTestServer;
-    let db: Firestore;
-    beforeAll(async () => {
-      gcs = await startGcsTestServer({buckets: [bucket]});
-      db = firestoreForTests(projectId);
-    });
-    afterAll(async () => {
-      await gcs?.close();
-      await db?.terminate();
-    });
+    const stores = useGcpStores('crash-load', [bucket]);
 
     test(`${TOTAL} generations, ${KILLS} kills`, async () => {
       const figures = await runLoadWithKills(
         {
           name: 'gcp',
-          env: {
-            GCS_BUCKET: bucket,
-            STORAGE_EMULATOR_HOST: gcs.url,
-            GOOGLE_CLOUD_PROJECT: projectId,
-            FIRESTORE_EMULATOR_HOST: process.env.FIRESTORE_EMULATOR_HOST!,
-            URL_MODE: 'proxy',
-          },
-          snapshot: () => gcpSnapshot(db, gcs, bucket),
+          env: {...stores.env(), FIRESTORE_EMULATOR_HOST: process.env.FIRESTORE_EMULATOR_HOST!},
+          snapshot: () => gcpSnapshot(stores.db(), stores.gcs(), bucket),
         },
         openai,
         outDir,

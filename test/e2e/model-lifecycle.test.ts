@@ -1,10 +1,7 @@
-import {randomUUID} from 'node:crypto';
 import sharp from 'sharp';
-import type {Firestore} from '@google-cloud/firestore';
 import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
-import {describeWithFirestore, firestoreForTests} from '../support/firestore';
+import {describeWithFirestore, useGcpStores} from '../support/firestore';
 import {getJson, postJson, startFunction, type RunningFunction} from '../support/function-server';
-import {startGcsTestServer, type GcsTestServer} from '../support/gcs-server';
 import {useTempDir} from '../support/temp-dir';
 
 /** A week before the 2026-12-01 shutdowns, and the day after them. */
@@ -203,24 +200,8 @@ describe('model lifecycle, local store', () => {
 });
 
 describeWithFirestore('model lifecycle, Cloud Storage + Firestore', () => {
-  const bucket = 'lifecycle-e2e';
-  const projectId = `lifecycle-${randomUUID().slice(0, 8)}`;
-  let gcs: GcsTestServer;
-  let db: Firestore;
-  beforeAll(async () => {
-    gcs = await startGcsTestServer({buckets: [bucket]});
-    db = firestoreForTests(projectId);
-  });
-  afterAll(async () => {
-    await db.terminate();
-    await gcs.close();
-  });
-  lifecycleSuite('Cloud Storage + Firestore', () => ({
-    GCS_BUCKET: bucket,
-    STORAGE_EMULATOR_HOST: gcs.url,
-    GOOGLE_CLOUD_PROJECT: projectId,
-    URL_MODE: 'proxy',
-  }));
+  const stores = useGcpStores('lifecycle', ['lifecycle-e2e']);
+  lifecycleSuite('Cloud Storage + Firestore', stores.env);
 });
 
 describe('what OpenAI refuses is a clear 4xx, never a 502', () => {

@@ -1,10 +1,7 @@
-import {randomUUID} from 'node:crypto';
 import {DatabaseSync} from 'node:sqlite';
 import {join} from 'node:path';
-import type {Firestore} from '@google-cloud/firestore';
 import {DATABASE_FILE} from '../../src/adapters/local/sqlite-metadata-store';
-import {describeWithFirestore, firestoreForTests} from '../support/firestore';
-import {startGcsTestServer, type GcsTestServer} from '../support/gcs-server';
+import {describeWithFirestore, useGcpStores} from '../support/firestore';
 import {useTempDir} from '../support/temp-dir';
 import {ownershipSuite} from './ownership-suite';
 
@@ -25,28 +22,12 @@ ownershipSuite('local store', {
 });
 
 describeWithFirestore('Cloud Storage + Firestore', () => {
-  const bucket = 'ownership-e2e';
-  const projectId = `own-${randomUUID().slice(0, 8)}`;
-  let gcs: GcsTestServer;
-  let db: Firestore;
-  beforeAll(async () => {
-    gcs = await startGcsTestServer({buckets: [bucket]});
-    db = firestoreForTests(projectId);
-  });
-  afterAll(async () => {
-    await db.terminate();
-    await gcs.close();
-  });
+  const stores = useGcpStores('own', ['ownership-e2e']);
 
   ownershipSuite('Cloud Storage + Firestore', {
-    env: () => ({
-      GCS_BUCKET: bucket,
-      STORAGE_EMULATOR_HOST: gcs.url,
-      GOOGLE_CLOUD_PROJECT: projectId,
-      URL_MODE: 'proxy',
-    }),
+    env: stores.env,
     async storedOwner(jobId) {
-      const snapshot = await db.collection('jobs').doc(jobId).get();
+      const snapshot = await stores.db().collection('jobs').doc(jobId).get();
       return snapshot.exists ? (snapshot.get('owner') as string | null) : undefined;
     },
   });
