@@ -1,5 +1,19 @@
 import {randomUUID} from 'node:crypto';
-import type {ImageRecord, JobRecord} from '../../src/core/records';
+import {UPSTREAM_PARAMETER_NAMES} from '../../src/core/generation';
+import type {ImageRecord, JobParameters, JobRecord} from '../../src/core/records';
+
+/** A job's stored parameters: every upstream parameter null unless given, as the generate use case keeps them. */
+export function storedParameters(given: Partial<JobParameters> = {}): JobParameters {
+  return {
+    count: 1,
+    requested_model: 'gpt-image-2.6-sunburst',
+    model: 'gpt-image-2.6-sunburst',
+    ...(Object.fromEntries(UPSTREAM_PARAMETER_NAMES.map(name => [name, null])) as Record<string, null>),
+    size: '1024x1024',
+    allow_partial: false,
+    ...given,
+  } as JobParameters;
+}
 
 /** A completed job as the generate use case would write it, for store tests. */
 export function finishedJob(overrides: Partial<JobRecord> = {}, imageCount = 2): JobRecord {
@@ -30,25 +44,7 @@ export function finishedJob(overrides: Partial<JobRecord> = {}, imageCount = 2):
     prompt: 'a test prompt',
     source: 'generate',
     source_images: [],
-    parameters: {
-      count: imageCount,
-      requested_model: 'gpt-image-2.6-sunburst',
-      model: 'gpt-image-2.6-sunburst',
-      size: '1024x1024',
-      quality: null,
-      style: null,
-      background: null,
-      output_format: null,
-      output_compression: null,
-      moderation: null,
-      complexity: null,
-      safety_identifier: null,
-      frame_count: null,
-      frame_duration_ms: null,
-      svg: null,
-      input_fidelity: null,
-      allow_partial: false,
-    },
+    parameters: storedParameters({count: imageCount}),
     metadata: {},
     usage: {
       total_tokens: 10,

@@ -7,6 +7,8 @@ import {generateImages, sumUsage, type GenerateDeps} from '../../src/core/usecas
 import type {MemoryMetadataStore} from '../support/memory-stores';
 import {ScriptedProvider, tinyPng} from '../support/scripted-provider';
 import {generateDeps} from '../support/generate-deps';
+import {storedParameters} from '../support/records';
+import type {JobParameters} from '../../src/core/records';
 
 /** The command for `body`; with `imagesPerCall`, split into calls of that many images. */
 function command(body: Record<string, unknown> = {}, imagesPerCall?: number): GenerateCommand {
@@ -59,22 +61,7 @@ describe('generateImages', () => {
       n: 1,
       parameters,
     });
-    expect(job.parameters).toEqual({
-      count: 1,
-      requested_model: 'gpt-image-2.6-sunburst',
-      model: 'gpt-image-2.6-sunburst',
-      ...parameters,
-      style: null,
-      background: null,
-      moderation: null,
-      complexity: null,
-      safety_identifier: null,
-      frame_count: null,
-      frame_duration_ms: null,
-      svg: null,
-      input_fidelity: null,
-      allow_partial: false,
-    });
+    expect(job.parameters).toEqual(storedParameters(parameters as Partial<JobParameters>));
   });
 
   test('one failed call fails the job: no object is left, and the job is recorded failed with the error', async () => {
