@@ -36,7 +36,6 @@ const MAX_KEY_BYTES = 64;
 
 const QUOTE = 0x22;
 const BACKSLASH = 0x5c;
-const BASE64_TEXT = /^[A-Za-z0-9+/]*$/;
 const NOT_BASE64 = Buffer.from('!!!!');
 const QUOTE_BYTE = Buffer.from('"');
 
@@ -238,21 +237,23 @@ export class JsonBase64Scanner {
         value.keepRaw(bytes);
         continue;
       }
+      // The run of alphabet characters from here: by far the most of a value, checked byte by byte (no regex).
       let stop = i;
-      while (stop < n && chunk[stop] !== QUOTE && chunk[stop] !== BACKSLASH) stop++;
+      while (stop < n && KIND[chunk[stop]!] === 1) stop++;
       if (stop > i) {
-        const text = chunk.toString('latin1', i, stop);
-        if (value.padding === 0 && BASE64_TEXT.test(text)) {
-          value.text(text);
-          value.keepRaw(chunk.subarray(i, stop));
-        } else {
-          // Padding, or something that is not base64: one character at a time.
-          for (let j = i; j < stop; j++) {
-            if (!value.character(chunk[j]!)) return this.giveUp(chunk.subarray(j, j + 1), chunk, j + 1);
-            value.keepRaw(chunk.subarray(j, j + 1));
-          }
-        }
+        // Anything after padding makes it not base64.
+        if (value.padding > 0) return this.giveUp(chunk.subarray(i, i + 1), chunk, i + 1);
+        value.text(chunk.toString('latin1', i, stop));
+        value.keepRaw(chunk.subarray(i, stop));
         i = stop;
+        continue;
+      }
+      const byte = chunk[i]!;
+      if (byte !== QUOTE && byte !== BACKSLASH) {
+        // Padding, or a character that is not base64.
+        if (!value.character(byte)) return this.giveUp(chunk.subarray(i, i + 1), chunk, i + 1);
+        value.keepRaw(chunk.subarray(i, i + 1));
+        i++;
         continue;
       }
       if (chunk[i] === BACKSLASH) {
