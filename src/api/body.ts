@@ -2,6 +2,8 @@ import type {IncomingMessage, ServerResponse} from 'node:http';
 import type {Readable} from 'node:stream';
 import {createGunzip} from 'node:zlib';
 import {AppError, validationError} from '../core/errors';
+import type {DecodedBase64} from '../core/image-bytes';
+import {JsonBase64Scanner, type JsonPath} from './json-base64';
 
 /**
  * The request as routes get it: unread. The Functions Framework's body parsers
@@ -128,12 +130,16 @@ export function discardUnreadBody(req: IncomingMessage): void {
 
 /**
  * Reads the body as sent (at most `maxBytes` on the wire) and, if gzip,
- * inflates it (at most `maxBytes` inflated), stopping as soon as either limit
- * is passed: nothing larger is ever held in memory.
+ * inflates it (at most `maxBytes` inflated), handing each chunk to `take` as
+ * it comes and stopping as soon as either limit is passed.
  */
-function readLimited(req: IncomingMessage, coding: 'identity' | 'gzip', maxBytes: number): Promise<Buffer> {
-  return new Promise<Buffer>((resolve, reject) => {
-    const chunks: Buffer[] = [];
+function readLimited(
+  req: IncomingMessage,
+  coding: 'identity' | 'gzip',
+  maxBytes: number,
+  take: (chunk: Buffer) => void,
+): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
     let wireBytes = 0;
     let bodyBytes = 0;
     let settled = false;
@@ -153,7 +159,7 @@ function readLimited(req: IncomingMessage, coding: 'identity' | 'gzip', maxBytes
         discardUnreadBody(req);
         reject(error);
       } else {
-        resolve(Buffer.concat(chunks, bodyBytes));
+        resolve();
       }
     };
     const countWire = (chunk: Buffer) => {
@@ -166,7 +172,7 @@ function readLimited(req: IncomingMessage, coding: 'identity' | 'gzip', maxBytes
         settle(tooLarge(maxBytes, undefined, gunzip !== null));
         return;
       }
-      chunks.push(chunk);
+      take(chunk);
     };
 
     req.on('data', countWire);
@@ -284,5 +290,28 @@ export async function readJsonObject(
   admitted: AdmittedBody,
   maxBytes: number,
 ): Promise<Record<string, unknown>> {
-  return parseJsonObject(await readLimited(req, admitted.coding, maxBytes));
+  const chunks: Buffer[] = [];
+  let bytes = 0;
+  await readLimited(req, admitted.coding, maxBytes, chunk => {
+    chunks.push(chunk);
+    bytes += chunk.length;
+  });
+  return parseJsonObject(Buffer.concat(chunks, bytes));
+}
+
+/**
+ * Reads an admitted JSON body as readJsonObject does, but decodes the base64
+ * string values at the paths `base64At` picks as they arrive (see
+ * json-base64.ts): the body holds a token for each, and `decoded` its bytes.
+ */
+export async function readJsonWithBase64(
+  req: IncomingMessage,
+  admitted: AdmittedBody,
+  maxBytes: number,
+  base64At: (path: JsonPath) => boolean,
+): Promise<{body: Record<string, unknown>; decoded: DecodedBase64}> {
+  const scanner = new JsonBase64Scanner(base64At);
+  await readLimited(req, admitted.coding, maxBytes, chunk => scanner.write(chunk));
+  const {skeleton, images} = scanner.end();
+  return {body: parseJsonObject(skeleton), decoded: images};
 }

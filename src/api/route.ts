@@ -2,11 +2,13 @@ import type {IncomingMessage, ServerResponse} from 'node:http';
 import type {z} from 'zod';
 import type {Config} from '../config';
 import type {ErrorCode} from '../core/errors';
+import type {DecodedBase64} from '../core/image-bytes';
 import type {ImageProvider, MetadataStore, ObjectStore} from '../core/ports';
 import type {IdempotentGenerator} from '../core/usecases/idempotency';
 import type {ReconcileReport} from '../core/usecases/reconcile';
 import type {Requester} from '../core/requester';
 import type {Logger} from '../logger';
+import type {JsonPath} from './json-base64';
 import type {ImageLinker} from './urls';
 
 /** What the routes use, built once per instance by the composition root. */
@@ -48,7 +50,14 @@ export type EventSpecs = Record<string, {description: string; schema: z.ZodType}
  */
 export interface BodySpec<B> {
   schema: z.ZodType;
-  parse(body: unknown): B;
+  /** `decoded`: the base64 values `base64At` picked out, by the token each left in `body`. */
+  parse(body: unknown, decoded?: DecodedBase64): B;
+  /**
+   * Where the JSON carries large base64 values (images): each string value at
+   * such a path is decoded as the body arrives, never held as text (see
+   * json-base64.ts), and stands in the parsed body as a token.
+   */
+  base64At?: (path: JsonPath) => boolean;
   /** The most bytes a body may have, in any media type; MAX_BODY_BYTES when not given. */
   maxBytes?: (config: Config) => number;
   /**

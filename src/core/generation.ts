@@ -1,7 +1,7 @@
 import {z} from 'zod';
 import type {ModelCatalogue} from './catalogue';
 import {AppError, validationError, zodProblems, type FieldProblem} from './errors';
-import {imageBytesFromBase64, type ImageBytes} from './image-bytes';
+import {imageBytesFromBase64, type DecodedBase64, type ImageBytes} from './image-bytes';
 import {
   BACKGROUNDS,
   COMPLEXITIES,
@@ -181,6 +181,9 @@ export type ImageReference =
 const GCS_URI = /^gs:\/\/([a-z0-9][a-z0-9._-]{1,221}[a-z0-9])\/(.{1,1024})$/;
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 
+/** The base64 values the body reader decoded already, while parseEditBody validates that body (synchronously). */
+let decodedInScope: DecodedBase64 | undefined;
+
 export const ImageReferenceSchema = z
   .strictObject({
     image_id: z.string().max(64).optional().describe('An image this service stored (one of yours).'),
@@ -204,7 +207,8 @@ export const ImageReferenceSchema = z
     if (ref.image_id !== undefined) return {kind: 'image_id', id: ref.image_id};
     const uri = ref.gcs_uri === undefined ? null : GCS_URI.exec(ref.gcs_uri);
     if (uri) return {kind: 'gcs_uri', bucket: uri[1]!, path: uri[2]!};
-    const data = imageBytesFromBase64(ref.b64_json ?? '');
+    const text = ref.b64_json ?? '';
+    const data = decodedInScope?.get(text) ?? imageBytesFromBase64(text);
     if (data.size === 0) ctx.addIssue({code: 'custom', message: 'b64_json holds no bytes'});
     return {kind: 'bytes', data, filename: 'image'};
   })
@@ -386,11 +390,21 @@ function givenFields(body: unknown): Record<string, unknown> {
   return Object.fromEntries(Object.entries(body).filter(([, value]) => value !== null));
 }
 
-/** Validates a parsed JSON edit body; throws VALIDATION_ERROR naming every problem. */
-export function parseEditBody(body: unknown): GenerateRequest {
-  const parsed = EditRequestSchema.safeParse(givenFields(body));
-  if (!parsed.success) throw validationError(zodProblems(parsed.error));
-  return parsed.data;
+/**
+ * Validates a parsed JSON edit body; throws VALIDATION_ERROR naming every
+ * problem. `decoded`: b64_json values the reader decoded as they arrived,
+ * each standing in the body as its token (base64 text itself, so the schema
+ * judges it as it would the value).
+ */
+export function parseEditBody(body: unknown, decoded?: DecodedBase64): GenerateRequest {
+  decodedInScope = decoded;
+  try {
+    const parsed = EditRequestSchema.safeParse(givenFields(body));
+    if (!parsed.success) throw validationError(zodProblems(parsed.error));
+    return parsed.data;
+  } finally {
+    decodedInScope = undefined;
+  }
 }
 
 /** Either payload, as documented; `parseGenerateBody` picks the one the body is shaped as. */

@@ -16,6 +16,12 @@ export interface ImageBytes {
   head: Buffer;
 }
 
+/**
+ * Base64 values a body reader decoded as they arrived, by the token that
+ * stands for each in the parsed body (see parseEditBody).
+ */
+export type DecodedBase64 = ReadonlyMap<string, ImageBytes>;
+
 /** Enough for the header of any PNG, WebP or JPEG but one with unusually large metadata first. */
 export const HEAD_BYTES = 256 * 1024;
 

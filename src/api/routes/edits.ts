@@ -23,6 +23,11 @@ function editRoute(path: string, operationId: string, sdk: boolean) {
     body: {
       schema: EditRequestSchema,
       parse: parseEditBody,
+      // The images' base64, decoded as it arrives: never a string of it, nor the whole body at once.
+      base64At: path =>
+        path.at(-1) === 'b64_json' &&
+        ((path.length === 3 && path[0] === 'images' && typeof path[1] === 'number') ||
+          (path.length === 2 && (path[0] === 'mask' || path[0] === 'markup'))),
       // Images travel in the body, as base64 JSON or as files.
       maxBytes: config => config.maxUploadBytes,
       streamed: {'multipart/form-data': {schema: EditFormSchema, read: readEditForm}},
