@@ -60,6 +60,22 @@ export const JobMetadataSchema = z
 const imageCount = z.int().min(1).max(MAX_IMAGES_PER_REQUEST);
 const endUserId = z.string().min(1).max(256);
 
+const svgModel = z.string().min(1).max(64).describe('The model that authors the SVG.');
+
+/** SVG options; the SDK's generate type requires their `model`, its edit type does not. */
+function svgOptions<M extends z.ZodString | z.ZodOptional<z.ZodString>>(model: M) {
+  return z
+    .strictObject({
+      model,
+      reasoning: z
+        .strictObject({
+          effort: z.enum(['none', 'minimal', 'low', 'medium', 'high', 'xhigh', 'max']).optional(),
+        })
+        .optional(),
+    })
+    .describe('SVG output only, for projects with SVG model selection.');
+}
+
 /** Parameters passed to OpenAI as they are. */
 export const UpstreamParametersSchema = z.object({
   size: z.string().max(16).optional().describe('WIDTHxHEIGHT or `auto`; what each model takes: GET /models.'),
@@ -86,17 +102,7 @@ export const UpstreamParametersSchema = z.object({
     .max(2_147_483_647)
     .optional()
     .describe('Delay per GIF frame (OpenAI defaults to 200, rounds to 10 ms and caps at 655,350).'),
-  svg: z
-    .strictObject({
-      model: z.string().min(1).max(64).describe('The model that authors the SVG.'),
-      reasoning: z
-        .strictObject({
-          effort: z.enum(['none', 'minimal', 'low', 'medium', 'high', 'xhigh', 'max']).optional(),
-        })
-        .optional(),
-    })
-    .optional()
-    .describe('SVG output only, for projects with SVG model selection.'),
+  svg: svgOptions(svgModel).optional(),
   input_fidelity: z
     .enum(INPUT_FIDELITIES)
     .optional()
@@ -154,6 +160,7 @@ const requestFields = {...jobFields, ...UpstreamParametersSchema.omit(only(NOT_F
 const editFields = {
   ...jobFields,
   ...UpstreamParametersSchema.omit(only(NOT_FOR_EDIT)).shape,
+  svg: svgOptions(svgModel.optional()).optional(),
   // dall-e-3's hd never edited anything.
   quality: z
     .enum(QUALITIES.filter(quality => quality !== 'hd') as [Quality, ...Quality[]])

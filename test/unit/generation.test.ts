@@ -153,6 +153,18 @@ describe('the payloads', () => {
     expect(png.resizeTo).toEqual({width: 1536, height: 864});
   });
 
+  test("svg.model: required to generate, optional to edit, as the SDK's types have it", () => {
+    const svg = {output_format: 'svg', svg: {reasoning: {effort: 'low'}}};
+    expect(problems({prompt: 'x', model: 'gpt-image-2', ...svg})).toEqual([
+      'svg.model: Invalid input: expected string, received undefined',
+    ]);
+    const edit = planGeneration(
+      parseEditBody({prompt: 'x', model: 'gpt-image-2', images: [{b64_json: 'AAAA'}], ...svg}),
+      context(),
+    );
+    expect(edit.plan.parameters.svg).toEqual({reasoning: {effort: 'low'}});
+  });
+
   test('a GIF frame delay above what GIF encodes is taken: OpenAI caps it', () => {
     const gif = plan({prompt: 'x', model: 'gpt-image-2', output_format: 'gif', frame_duration_ms: 1_000_000});
     expect(gif.plan.parameters.frame_duration_ms).toBe(1_000_000);
