@@ -5,10 +5,14 @@ import type {Firestore} from '@google-cloud/firestore';
 import {COLLECTIONS} from '../../src/adapters/firestore/metadata-store';
 import type {JobRecord} from '../../src/core/records';
 import {
+  asCarol,
+  asOps,
   call,
+  carolAndOps,
   clockMovedBy,
   LATER_MS,
   LEASE_MS,
+  OPS_KEY,
   repairCount,
   UPSTREAM_TIMEOUT_SECONDS,
   waitFor,
@@ -22,10 +26,6 @@ import {startHttpGate} from '../support/http-gate';
 import {expectInvariants, gcpSnapshot, tally} from '../support/invariants';
 import {startPausableFirestore, type PausableFirestore} from '../support/pausable-firestore';
 
-const CAROL_KEY = 'carol-key-0123456789abcdef';
-const OPS_KEY = 'ops-key-0123456789abcdef';
-const asCarol = {'x-api-key': CAROL_KEY};
-const asOps = {'x-api-key': OPS_KEY};
 const SCENES = [
   'stall-complete',
   'kill-upstream',
@@ -115,7 +115,7 @@ describeWithFirestore('durability: Cloud Storage + Firestore', () => {
       FIRESTORE_TIMEOUT_SECONDS: '3',
       URL_MODE: 'proxy',
       LOG_LEVEL: 'error',
-      API_KEYS: `carol:${CAROL_KEY}:20,ops:${OPS_KEY}:admin`,
+      API_KEYS: carolAndOps(20),
       ...overrides,
       ...extra,
     });
@@ -339,7 +339,7 @@ describeWithFirestore('durability: Cloud Storage + Firestore', () => {
   }, 60_000);
 
   test('Firestore frozen during the quota reservation: once the reconciler ran, no quota is consumed for images never made', async () => {
-    const stores = scene('stall-quota', {API_KEYS: `carol:${CAROL_KEY}:5,ops:${OPS_KEY}:admin`});
+    const stores = scene('stall-quota', {API_KEYS: carolAndOps(5)});
     const fn = await stores.start();
     await connected(fn);
 

@@ -6,7 +6,10 @@ import {DatabaseSync} from 'node:sqlite';
 import {DATABASE_FILE} from '../../src/adapters/local/sqlite-metadata-store';
 import type {JobRecord} from '../../src/core/records';
 import {
+  asCarol,
+  asOps,
   call,
+  carolAndOps,
   clockMovedBy,
   LATER_MS,
   LEASE_MS,
@@ -17,11 +20,6 @@ import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
 import {buildFunction, startFunctionProcess, type FunctionProcess} from '../support/function-process';
 import {startHttpGate} from '../support/http-gate';
 import {expectInvariants, localObjects, localSnapshot, tally} from '../support/invariants';
-
-const CAROL_KEY = 'carol-key-0123456789abcdef';
-const OPS_KEY = 'ops-key-0123456789abcdef';
-const asCarol = {'x-api-key': CAROL_KEY};
-const asOps = {'x-api-key': OPS_KEY};
 
 type Report = Record<string, string[]>;
 
@@ -69,7 +67,7 @@ describe('durability: local disk + SQLite', () => {
       // The reconciler runs once at each start, and when asked.
       RECONCILE_INTERVAL_SECONDS: '0',
       LOG_LEVEL: 'info',
-      API_KEYS: `carol:${CAROL_KEY}:20,ops:${OPS_KEY}:admin`,
+      API_KEYS: carolAndOps(20),
       ...overrides,
       ...extra,
     });
@@ -244,7 +242,7 @@ describe('durability: local disk + SQLite', () => {
   }, 60_000);
 
   test('two processes on one DATA_DIR share a quota of 5: no more than 5 images are made', async () => {
-    const stores = scene('shared-quota', {API_KEYS: `carol:${CAROL_KEY}:5,ops:${OPS_KEY}:admin`});
+    const stores = scene('shared-quota', {API_KEYS: carolAndOps(5)});
     const [first, second] = await Promise.all([stores.start(), stores.start()]);
     openai.setLatency(50);
     // Many concurrent generations, split across both processes.

@@ -1,65 +1,28 @@
-import {createHash, randomUUID} from 'node:crypto';
-import type {Firestore} from '@google-cloud/firestore';
-import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
-import {startGcsTestServer, type GcsTestServer} from '../support/gcs-server';
-import {describeWithFirestore, firestoreForTests} from '../support/firestore';
-import {getJson, postJson, startFunction, type RunningFunction} from '../support/function-server';
+import {createHash} from 'node:crypto';
+import {startFakeOpenAI} from '../support/fake-openai';
+import {describeWithFirestore, useGcpStores} from '../support/firestore';
+import {getJson, postJson, startFunction, useFunctionWithFakeOpenAI} from '../support/function-server';
 import {resourceSuite} from './resources-suite';
 
 const BUCKET = 'imagegen-e2e';
 
 describeWithFirestore('Cloud Storage + Firestore mode', () => {
-  let gcs: GcsTestServer;
-  const projectId = `e2e-${randomUUID().slice(0, 8)}`;
-  let db: Firestore;
-
-  beforeAll(async () => {
-    gcs = await startGcsTestServer({buckets: [BUCKET]});
-    db = firestoreForTests(projectId);
-  });
-  afterAll(async () => {
-    await db.terminate();
-    await gcs.close();
-  });
-
-  const gcpEnv = (extra: Record<string, string> = {}) => ({
-    GCS_BUCKET: BUCKET,
-    STORAGE_EMULATOR_HOST: gcs.url,
-    GOOGLE_CLOUD_PROJECT: projectId,
-    URL_MODE: 'proxy',
-    ...extra,
-  });
+  const stores = useGcpStores('e2e', [BUCKET]);
+  const gcpEnv = (extra: Record<string, string> = {}) => ({...stores.env(), ...extra});
 
   describe('generate', () => {
-    let openai: FakeOpenAI;
-    let fn: RunningFunction;
-    beforeAll(async () => {
-      openai = await startFakeOpenAI();
-      fn = await startFunction({
-        OPENAI_API_KEY: 'sk-test-key',
-        OPENAI_BASE_URL: openai.url,
-        UPSTREAM_MAX_RETRIES: '0',
-        ...gcpEnv(),
-      });
-    });
-    afterAll(async () => {
-      await fn.close();
-      await openai.close();
-    });
-    beforeEach(() => {
-      openai.reset();
-      gcs.clearFaults();
-    });
+    const ctx = useFunctionWithFakeOpenAI(() => ({UPSTREAM_MAX_RETRIES: '0', ...gcpEnv()}));
+    beforeEach(() => stores.gcs().clearFaults());
 
     test('the legacy payload stores the object and both records', async () => {
-      const {status, body} = await postJson(`${fn.url}/`, {
+      const {status, body} = await postJson(`${ctx.fn.url}/`, {
         input: {body: {prompt_image: 'Image of a sunset over mountains'}},
       });
       expect(status).toBe(200);
       const image = body.images[0];
       const objectPath = `images/${body.job_id}/000-${image.id}.png`;
       expect(image.gcs_uri).toBe(`gs://${BUCKET}/${objectPath}`);
-      const object = gcs.getObject(BUCKET, objectPath);
+      const object = stores.gcs().getObject(BUCKET, objectPath);
       expect(object?.contentType).toBe('image/png');
       // Enough to rebuild the image record from the object alone (the reconciler does).
       expect(object?.metadata).toEqual({
@@ -73,7 +36,7 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
       });
       expect(createHash('sha256').update(object!.data).digest('hex')).toBe(image.sha256);
 
-      const job = (await db.collection('jobs').doc(body.job_id).get()).data();
+      const job = (await stores.db().collection('jobs').doc(body.job_id).get()).data();
       expect(job).toMatchObject({
         id: body.job_id,
         status: 'completed',
@@ -81,7 +44,7 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
         source: 'legacy',
       });
       expect(job?.images[0].object_path).toBe(objectPath);
-      const record = (await db.collection('images').doc(image.id).get()).data();
+      const record = (await stores.db().collection('images').doc(image.id).get()).data();
       expect(record).toMatchObject({
         id: image.id,
         job_id: body.job_id,
@@ -98,7 +61,7 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
     });
 
     test('ready reports Cloud Storage and Firestore', async () => {
-      const {status, body} = await getJson(`${fn.url}/ready`);
+      const {status, body} = await getJson(`${ctx.fn.url}/ready`);
       expect(status).toBe(200);
       expect([body.storage, body.metadata]).toEqual([
         {kind: 'gcs', ok: true},
@@ -107,19 +70,19 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
     });
 
     test('a storage failure on one image fails the job: every object removed, the job recorded failed', async () => {
-      const before = gcs.listObjectNames(BUCKET).length;
-      const imagesBefore = (await db.collection('images').get()).size;
-      gcs.injectFault({op: 'upload', status: 403, objectNameMatches: /\/001-/}, {probability: 1});
-      const {status, body} = await postJson(`${fn.url}/generate`, {
+      const before = stores.gcs().listObjectNames(BUCKET).length;
+      const imagesBefore = (await stores.db().collection('images').get()).size;
+      stores.gcs().injectFault({op: 'upload', status: 403, objectNameMatches: /\/001-/}, {probability: 1});
+      const {status, body} = await postJson(`${ctx.fn.url}/generate`, {
         prompt: 'three',
         count: 3,
         metadata: {case: 'upload-fails'},
       });
-      gcs.clearFaults();
+      stores.gcs().clearFaults();
       expect([status, body.code]).toEqual([503, 'STORAGE_ERROR']);
-      expect(gcs.listObjectNames(BUCKET)).toHaveLength(before);
-      expect((await db.collection('images').get()).size).toBe(imagesBefore);
-      const jobs = await db.collection('jobs').where('metadata.case', '==', 'upload-fails').get();
+      expect(stores.gcs().listObjectNames(BUCKET)).toHaveLength(before);
+      expect((await stores.db().collection('images').get()).size).toBe(imagesBefore);
+      const jobs = await stores.db().collection('jobs').where('metadata.case', '==', 'upload-fails').get();
       expect(jobs.docs.map(doc => doc.data())).toEqual([
         expect.objectContaining({
           status: 'failed',
@@ -130,8 +93,8 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
     });
 
     test('with allow_partial a failed call is reported and the rest is kept', async () => {
-      openai.injectFault({kind: 'content_policy'});
-      const {status, body} = await postJson(`${fn.url}/generate`, {
+      ctx.openai.injectFault({kind: 'content_policy'});
+      const {status, body} = await postJson(`${ctx.fn.url}/generate`, {
         prompt: 'parts',
         count: 3,
         output_format: 'svg',
@@ -148,52 +111,52 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
           error: expect.any(String),
         },
       ]);
-      const names = gcs.listObjectNames(BUCKET, `images/${body.job_id}/`);
+      const names = stores.gcs().listObjectNames(BUCKET, `images/${body.job_id}/`);
       expect(names).toHaveLength(2);
       const failedIndex = body.failures[0].first_index;
       expect(names.some(name => name.includes(`/00${failedIndex}-`))).toBe(false);
     });
 
     test('a delete that fails half-way leaves every listed image whole, and a retry finishes it', async () => {
-      const {body} = await postJson(`${fn.url}/generate`, {
+      const {body} = await postJson(`${ctx.fn.url}/generate`, {
         prompt: 'delete under faults',
         count: 3,
       });
       const jobId = body.job_id;
       // The second image's object cannot be deleted.
-      gcs.injectFault({op: 'delete', status: 403, objectNameMatches: /\/001-/}, {probability: 1});
-      const failed = await fetch(`${fn.url}/jobs/${jobId}`, {method: 'DELETE'});
+      stores.gcs().injectFault({op: 'delete', status: 403, objectNameMatches: /\/001-/}, {probability: 1});
+      const failed = await fetch(`${ctx.fn.url}/jobs/${jobId}`, {method: 'DELETE'});
       expect(failed.status).toBe(503);
-      gcs.clearFaults();
-      const after = await getJson(`${fn.url}/jobs/${jobId}`);
+      stores.gcs().clearFaults();
+      const after = await getJson(`${ctx.fn.url}/jobs/${jobId}`);
       const listed: {id: string}[] = after.body.images;
-      const objects = gcs.listObjectNames(BUCKET, `images/${jobId}/`);
+      const objects = stores.gcs().listObjectNames(BUCKET, `images/${jobId}/`);
       // Every listed image has its object, and every object is listed: nothing half-deleted.
       const objectIds = objects.map(name => /\/\d{3}-(.+)\.png$/.exec(name)![1]);
       expect(listed.map(image => image.id).sort()).toEqual(objectIds.sort());
       expect(listed.length).toBe(2);
       for (const image of listed)
-        expect((await db.collection('images').doc(image.id).get()).exists).toBe(true);
-      expect((await db.collection('images').doc(body.images[0].id).get()).exists).toBe(false);
+        expect((await stores.db().collection('images').doc(image.id).get()).exists).toBe(true);
+      expect((await stores.db().collection('images').doc(body.images[0].id).get()).exists).toBe(false);
 
-      const retried = await fetch(`${fn.url}/jobs/${jobId}`, {method: 'DELETE'});
+      const retried = await fetch(`${ctx.fn.url}/jobs/${jobId}`, {method: 'DELETE'});
       expect(retried.status).toBe(200);
-      expect(gcs.listObjectNames(BUCKET, `images/${jobId}/`)).toEqual([]);
-      expect((await db.collection('jobs').doc(jobId).get()).exists).toBe(false);
+      expect(stores.gcs().listObjectNames(BUCKET, `images/${jobId}/`)).toEqual([]);
+      expect((await stores.db().collection('jobs').doc(jobId).get()).exists).toBe(false);
     });
 
     test('an image whose object cannot be deleted keeps its record', async () => {
-      const {body} = await postJson(`${fn.url}/generate`, {
+      const {body} = await postJson(`${ctx.fn.url}/generate`, {
         prompt: 'keep me',
       });
       const image = body.images[0];
-      gcs.injectFault({op: 'delete', status: 503}, {probability: 1});
-      const failed = await fetch(`${fn.url}/images/${image.id}`, {method: 'DELETE'});
-      gcs.clearFaults();
+      stores.gcs().injectFault({op: 'delete', status: 503}, {probability: 1});
+      const failed = await fetch(`${ctx.fn.url}/images/${image.id}`, {method: 'DELETE'});
+      stores.gcs().clearFaults();
       expect(failed.status).toBe(503);
-      expect((await fetch(`${fn.url}/images/${image.id}`)).status).toBe(200);
-      expect((await fetch(`${fn.url}/images/${image.id}`, {method: 'DELETE'})).status).toBe(200);
-      expect(gcs.listObjectNames(BUCKET, `images/${body.job_id}/`)).toEqual([]);
+      expect((await fetch(`${ctx.fn.url}/images/${image.id}`)).status).toBe(200);
+      expect((await fetch(`${ctx.fn.url}/images/${image.id}`, {method: 'DELETE'})).status).toBe(200);
+      expect(stores.gcs().listObjectNames(BUCKET, `images/${body.job_id}/`)).toEqual([]);
     });
 
     test('an unreachable bucket makes ready say so; health stays 200', async () => {
@@ -202,7 +165,7 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
         ...gcpEnv({GCS_BUCKET: 'no-such-bucket'}),
       });
       try {
-        gcs.injectFault({op: 'list', status: 500}, {probability: 1});
+        stores.gcs().injectFault({op: 'list', status: 500}, {probability: 1});
         const {status, body} = await getJson(`${broken.url}/ready`);
         expect(status).toBe(503);
         expect(body).toMatchObject({
@@ -216,7 +179,7 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
           storage: {kind: 'gcs'},
         });
       } finally {
-        gcs.clearFaults();
+        stores.gcs().clearFaults();
         await broken.close();
       }
     });
@@ -248,6 +211,6 @@ describeWithFirestore('Cloud Storage + Firestore mode', () => {
 
   resourceSuite('Cloud Storage + Firestore', {
     env: () => gcpEnv(),
-    objectPaths: async () => gcs.listObjectNames(BUCKET),
+    objectPaths: async () => stores.gcs().listObjectNames(BUCKET),
   });
 });

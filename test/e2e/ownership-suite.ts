@@ -1,6 +1,6 @@
 import {createHash, randomUUID} from 'node:crypto';
 import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
-import {startFunction, type RunningFunction} from '../support/function-server';
+import {startFunction, useFunctionWithFakeOpenAI, type RunningFunction} from '../support/function-server';
 import {OpenApiValidator} from '../support/openapi-validator';
 
 const CAROL = 'carol-key-0123456789abcdef';
@@ -221,22 +221,10 @@ export function ownershipSuite(name: string, backend: OwnershipBackend): void {
   });
 
   describe(`ownership behind IAM (no API keys): ${name}`, () => {
-    let openai: FakeOpenAI;
-    let fn: RunningFunction;
-    beforeAll(async () => {
-      openai = await startFakeOpenAI();
-      fn = await startFunction({
-        OPENAI_API_KEY: 'sk-test-key',
-        OPENAI_BASE_URL: openai.url,
-        ...backend.env(),
-      });
-    });
-    afterAll(async () => {
-      await fn.close();
-      await openai.close();
-    });
+    const ctx = useFunctionWithFakeOpenAI(() => backend.env());
 
     test("the ID token's email is recorded as owner", async () => {
+      const {fn} = ctx;
       const response = await fetch(`${fn.url}/generate`, {
         method: 'POST',
         headers: {

@@ -1,6 +1,5 @@
 import {randomUUID} from 'node:crypto';
-import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
-import {startFunction, type RunningFunction} from '../support/function-server';
+import {useFunctionWithFakeOpenAI} from '../support/function-server';
 import {OpenApiValidator} from '../support/openapi-validator';
 
 export interface Backend {
@@ -16,8 +15,7 @@ export interface Backend {
  */
 export function resourceSuite(name: string, backend: Backend): void {
   describe(`resources: ${name}`, () => {
-    let openai: FakeOpenAI;
-    let fn: RunningFunction;
+    const ctx = useFunctionWithFakeOpenAI(() => backend.env());
     const validator = new OpenApiValidator();
 
     async function call(
@@ -25,7 +23,7 @@ export function resourceSuite(name: string, backend: Backend): void {
       path: string,
       body?: unknown,
     ): Promise<{status: number; headers: Headers; body: any}> {
-      const url = `${fn.url}${path}`;
+      const url = `${ctx.fn.url}${path}`;
       const response = await fetch(url, {
         method,
         ...(body === undefined
@@ -46,19 +44,6 @@ export function resourceSuite(name: string, backend: Backend): void {
       expect(result.status).toBe(200);
       return result.body;
     }
-
-    beforeAll(async () => {
-      openai = await startFakeOpenAI();
-      fn = await startFunction({
-        OPENAI_API_KEY: 'sk-test-key',
-        OPENAI_BASE_URL: openai.url,
-        ...backend.env(),
-      });
-    });
-    afterAll(async () => {
-      await fn.close();
-      await openai.close();
-    });
 
     test('GET /jobs/:id returns the job as generated', async () => {
       const job = await generate({prompt: 'a job to read', count: 2, metadata: {case: 'read'}});
@@ -249,9 +234,9 @@ export function resourceSuite(name: string, backend: Backend): void {
     });
 
     test('unknown routes and wrong methods are documented errors', async () => {
-      const missing = await fetch(`${fn.url}/jobs/a/b/c`);
+      const missing = await fetch(`${ctx.fn.url}/jobs/a/b/c`);
       expect([missing.status, ((await missing.json()) as {code: string}).code]).toEqual([404, 'NOT_FOUND']);
-      const wrong = await fetch(`${fn.url}/jobs/${randomUUID()}`, {method: 'POST'});
+      const wrong = await fetch(`${ctx.fn.url}/jobs/${randomUUID()}`, {method: 'POST'});
       expect(wrong.status).toBe(405);
       expect(wrong.headers.get('allow')).toBe('GET, DELETE');
     });

@@ -1,7 +1,6 @@
 import {randomUUID} from 'node:crypto';
 import sharp from 'sharp';
-import {startFakeOpenAI, type FakeOpenAI} from '../support/fake-openai';
-import {startFunction, type RunningFunction} from '../support/function-server';
+import {useFunctionWithFakeOpenAI} from '../support/function-server';
 import {OpenApiValidator} from '../support/openapi-validator';
 import {
   names,
@@ -65,28 +64,12 @@ function shapeOf(job: any): unknown {
  */
 export function streamingSuite(name: string, backend: StreamingBackend): void {
   describe(`streamed generation: ${name}`, () => {
-    let openai: FakeOpenAI;
-    let fn: RunningFunction;
+    const ctx = useFunctionWithFakeOpenAI(() => ({UPSTREAM_MAX_RETRIES: '0', ...backend.env()}));
     const validator = new OpenApiValidator();
-
-    beforeAll(async () => {
-      openai = await startFakeOpenAI();
-      fn = await startFunction({
-        OPENAI_API_KEY: 'sk-test-key',
-        OPENAI_BASE_URL: openai.url,
-        UPSTREAM_MAX_RETRIES: '0',
-        ...backend.env(),
-      });
-    });
-    afterAll(async () => {
-      await fn.close();
-      await openai.close();
-    });
-    beforeEach(() => openai.reset());
 
     /** POSTs and reads the answer, stream or JSON, checking it against the document. */
     async function post(body: unknown, options: StreamOptions & {path?: string} = {}): Promise<StreamAnswer> {
-      const url = `${fn.url}${options.path ?? '/generate'}`;
+      const url = `${ctx.fn.url}${options.path ?? '/generate'}`;
       const answer = await postStream(url, body, options);
       if (answer.headers.get('content-type')?.startsWith('text/event-stream')) {
         for (const {id, event, data} of answer.events) validator.checkEvent('POST', url, {id, event, data});
@@ -97,7 +80,7 @@ export function streamingSuite(name: string, backend: StreamingBackend): void {
     }
 
     async function get(path: string): Promise<{status: number; body: any}> {
-      const url = `${fn.url}${path}`;
+      const url = `${ctx.fn.url}${path}`;
       const response = await fetch(url);
       const body = await response.json();
       validator.check('GET', url, response.status, body);
@@ -107,7 +90,7 @@ export function streamingSuite(name: string, backend: StreamingBackend): void {
     /** The access log line of the generation that made `jobId`, once it is written. */
     const accessLogOf = (jobId: string) =>
       until(() =>
-        fn.logs.find(
+        ctx.fn.logs.find(
           line =>
             (line.httpRequest as {requestMethod?: string} | undefined)?.requestMethod === 'POST' &&
             (line['logging.googleapis.com/labels'] as Record<string, string> | undefined)?.job_id === jobId,
@@ -153,8 +136,8 @@ export function streamingSuite(name: string, backend: StreamingBackend): void {
       expect(done.data).toMatchObject({status: 'completed', prompt: 'a lighthouse'});
 
       // One streamed upstream call, asking for the partial images.
-      expect(openai.requests).toHaveLength(1);
-      expect(openai.requests[0]!.body).toMatchObject({n: 1, stream: true, partial_images: 2});
+      expect(ctx.openai.requests).toHaveLength(1);
+      expect(ctx.openai.requests[0]!.body).toMatchObject({n: 1, stream: true, partial_images: 2});
       const log = await accessLogOf(done.data.job_id);
       expect(log).toMatchObject({httpRequest: {status: 200}});
       expect(log['logging.googleapis.com/labels']).toMatchObject({partial_images: '2'});
@@ -163,9 +146,9 @@ export function streamingSuite(name: string, backend: StreamingBackend): void {
 
     test('partial images reach the caller before the upstream call has ended', async () => {
       // The fake spreads its latency over the stream: partials at 1/3 and 2/3, the image at the end.
-      openai.setLatency(1500);
+      ctx.openai.setLatency(1500);
       const answer = await post({prompt: 'a slow sunrise', stream: true, partial_images: 2});
-      const [upstream] = openai.requests;
+      const [upstream] = ctx.openai.requests;
       const firstPartial = ofType(answer, 'image.partial')[0]!;
       expect(upstream?.firstPartialAt).toBeDefined();
       expect(upstream?.completedAt).toBeDefined();
@@ -217,8 +200,8 @@ export function streamingSuite(name: string, backend: StreamingBackend): void {
           .map(event => `${event.event} ${event.data.partial_image_index ?? ''}`.trim());
         expect(own).toEqual(['image.partial 0', 'image.partial 1', 'image.completed']);
       }
-      expect(openai.requests).toHaveLength(3);
-      for (const request of openai.requests) {
+      expect(ctx.openai.requests).toHaveLength(3);
+      for (const request of ctx.openai.requests) {
         expect(request.body).toMatchObject({n: 1, stream: true, partial_images: 2});
       }
       const done = ofType(answer, 'job.completed')[0]!.data;
@@ -242,7 +225,7 @@ export function streamingSuite(name: string, backend: StreamingBackend): void {
         'image.completed',
         'job.completed',
       ]);
-      expect(openai.requests[0]!.body).toMatchObject({stream: true, partial_images: 2});
+      expect(ctx.openai.requests[0]!.body).toMatchObject({stream: true, partial_images: 2});
 
       const one = await post(
         {prompt: 'one partial', partial_images: 1},
@@ -261,7 +244,7 @@ export function streamingSuite(name: string, backend: StreamingBackend): void {
       );
       expect(answer.headers.get('content-type')).toMatch(/^application\/json/);
       expect(answer.json.status).toBe('completed');
-      expect(openai.requests[0]!.body).not.toHaveProperty('stream');
+      expect(ctx.openai.requests[0]!.body).not.toHaveProperty('stream');
     });
 
     test.each(['gif', 'svg'])('%s output streams the job without partial images', async format => {
@@ -270,7 +253,7 @@ export function streamingSuite(name: string, backend: StreamingBackend): void {
       expect(events[0]).toBe('job.created');
       expect(events.slice(1, 3)).toEqual(['image.completed', 'image.completed']);
       expect(events.slice(3)).toEqual(['job.completed']);
-      for (const request of openai.requests) expect(request.body).not.toHaveProperty('stream');
+      for (const request of ctx.openai.requests) expect(request.body).not.toHaveProperty('stream');
       const done = ofType(answer, 'job.completed')[0]!.data;
       expect(done.images.map((image: {content_type: string}) => image.content_type)).toEqual(
         format === 'gif' ? ['image/gif', 'image/gif'] : ['image/svg+xml', 'image/svg+xml'],
@@ -280,8 +263,8 @@ export function streamingSuite(name: string, backend: StreamingBackend): void {
     test('a request made larger upstream and resized streams without partial images', async () => {
       const answer = await post({prompt: 'a red panda', model: 'dall-e-2', size: '256x256', stream: true});
       expect(names(answer)).toEqual(['job.created', 'image.completed', 'job.completed']);
-      expect(openai.requests[0]!.body).toMatchObject({size: '1024x1024'});
-      expect(openai.requests[0]!.body).not.toHaveProperty('stream');
+      expect(ctx.openai.requests[0]!.body).toMatchObject({size: '1024x1024'});
+      expect(ctx.openai.requests[0]!.body).not.toHaveProperty('stream');
       const {image} = ofType(answer, 'image.completed')[0]!.data;
       expect([image.width, image.height, image.size]).toEqual([256, 256, '256x256']);
     });
@@ -293,7 +276,7 @@ export function streamingSuite(name: string, backend: StreamingBackend): void {
     ] as const)(
       'an error before the first event is a JSON error: %s',
       async (_, body, headers, status, code) => {
-        const url = `${fn.url}/generate`;
+        const url = `${ctx.fn.url}/generate`;
         const response = await fetch(url, {
           method: 'POST',
           headers: {'content-type': 'application/json', accept: 'text/event-stream', ...headers},
@@ -303,7 +286,7 @@ export function streamingSuite(name: string, backend: StreamingBackend): void {
         const json = (await response.json()) as {code: string};
         validator.check('POST', url, response.status, json);
         expect([response.status, json.code]).toEqual([status, code]);
-        expect(openai.requests).toHaveLength(0);
+        expect(ctx.openai.requests).toHaveLength(0);
       },
     );
 
@@ -316,7 +299,7 @@ export function streamingSuite(name: string, backend: StreamingBackend): void {
     });
 
     test('an upstream failure after the first partial is an error event that ends the stream', async () => {
-      openai.injectFault({kind: 'stream_error'});
+      ctx.openai.injectFault({kind: 'stream_error'});
       const answer = await post({prompt: 'breaks midway', stream: true, partial_images: 2});
       expect(answer.status).toBe(200);
       expect(names(answer)).toEqual(['job.created', 'image.partial', 'error']);
@@ -332,7 +315,7 @@ export function streamingSuite(name: string, backend: StreamingBackend): void {
     });
 
     test('a caller who disconnects does not cancel the job: it completes, and the log says so', async () => {
-      openai.setLatency(1000);
+      ctx.openai.setLatency(1000);
       const answer = await post(
         {prompt: 'left early', count: 2, stream: true, partial_images: 2},
         {stopAfter: event => event.event === 'job.created'},
@@ -395,7 +378,7 @@ export function streamingSuite(name: string, backend: StreamingBackend): void {
       const json = await post(plain, {headers: {'Idempotency-Key': key}});
       expect(json.headers.get('idempotent-replayed')).toBe('true');
       expect(json.json).toEqual(done);
-      expect(openai.requests).toHaveLength(2);
+      expect(ctx.openai.requests).toHaveLength(2);
     });
 
     test('the legacy payload at / streams too', async () => {

@@ -11,6 +11,17 @@ export const LEASE_MS = (UPSTREAM_TIMEOUT_SECONDS + 60) * 1000;
 /** How far ahead a "later" process runs: past every lease taken before it, well within the day. */
 export const LATER_MS = LEASE_MS + 5 * 60_000;
 
+/** The callers of the durability scenes: carol, with a daily quota, and an admin that runs the reconciler. */
+export const CAROL_KEY = 'carol-key-0123456789abcdef';
+export const OPS_KEY = 'ops-key-0123456789abcdef';
+export const asCarol = {'x-api-key': CAROL_KEY};
+export const asOps = {'x-api-key': OPS_KEY};
+
+/** API_KEYS for carol with `carolQuota` images a day, and the admin. */
+export function carolAndOps(carolQuota: number): string {
+  return `carol:${CAROL_KEY}:${carolQuota},ops:${OPS_KEY}:admin`;
+}
+
 /**
  * Environment that moves a function process's wall clock `offsetMs` ahead
  * (test/support/clock-offset.cjs): the process acts as an instance started
