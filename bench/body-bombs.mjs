@@ -26,13 +26,9 @@ import {join, resolve} from 'node:path';
 import {createGzip} from 'node:zlib';
 import {freePort, memoryOf, resetPeakRss, root, sampleRss, spawnFunction, stopAll} from './lib/processes.mjs';
 import {mib, pollUntil, ratio, request} from './lib/measure.mjs';
+import {commandLineFlags} from './lib/flags.mjs';
 
-const flags = new Map(
-  process.argv.slice(2).map(arg => {
-    const [key, ...rest] = arg.replace(/^--/, '').split('=');
-    return [key, rest.length ? rest.join('=') : 'true'];
-  }),
-);
+const flags = commandLineFlags();
 const MIB = 1024 * 1024;
 const config = {
   gzipBytes: Number(flags.get('gzip-mib') ?? 1024) * MIB,

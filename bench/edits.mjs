@@ -37,13 +37,9 @@ import {
   stopAll,
 } from './lib/processes.mjs';
 import {mib, ms, pollUntil, ratio, request} from './lib/measure.mjs';
+import {commandLineFlags} from './lib/flags.mjs';
 
-const flags = new Map(
-  process.argv.slice(2).map(arg => {
-    const [key, ...rest] = arg.replace(/^--/, '').split('=');
-    return [key, rest.length ? rest.join('=') : 'true'];
-  }),
-);
+const flags = commandLineFlags();
 const number = (name, fallback) => {
   const value = Number(flags.get(name) ?? fallback);
   if (!Number.isFinite(value) || value <= 0) throw new Error(`--${name} must be a positive number`);

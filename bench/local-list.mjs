@@ -31,13 +31,9 @@ import {
   stopAll,
 } from './lib/processes.mjs';
 import {agent, median, mib, ms, percentile, pollUntil, ratio, request} from './lib/measure.mjs';
+import {commandLineFlags} from './lib/flags.mjs';
 
-const flags = new Map(
-  process.argv.slice(2).map(arg => {
-    const [key, ...rest] = arg.replace(/^--/, '').split('=');
-    return [key, rest.length ? rest.join('=') : 'true'];
-  }),
-);
+const flags = commandLineFlags();
 const config = {
   samples: Math.max(20, Number(flags.get('samples') ?? 400)),
   rounds: Math.max(1, Number(flags.get('rounds') ?? 5)),

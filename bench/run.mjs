@@ -48,16 +48,12 @@ import {
   stopAll,
 } from './lib/processes.mjs';
 import {max, median, mib, ms, percentile, pollUntil, ratio, request, streamRequest} from './lib/measure.mjs';
+import {commandLineFlags} from './lib/flags.mjs';
 
 // ---------------------------------------------------------------------------
 // Options
 
-const flags = new Map(
-  process.argv.slice(2).map(arg => {
-    const [key, ...rest] = arg.replace(/^--/, '').split('=');
-    return [key, rest.length ? rest.join('=') : 'true'];
-  }),
-);
+const flags = commandLineFlags();
 function option(flag, envName, fallback) {
   const raw = flags.get(flag) ?? process.env[envName];
   if (raw === undefined) return fallback;
